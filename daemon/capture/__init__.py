@@ -1,0 +1,1 @@
+"""Packet sources. Each yields frames with their link type; none parses IP."""

@@ -1,0 +1,117 @@
+"""Flow keys and the bounded flow table.
+
+A flow is bidirectional: both directions of a 5-tuple share one key (the
+lower endpoint first). Protocols without ports (ICMP, GRE, ESP, ...) are keyed
+by address pair and protocol. The same key serves dataset building (which
+packets share an nDPI label) and the daemon (which packets share a decision).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+IDLE_TIMEOUT = 120.0     # s without a packet ends a flow (nfstream's default)
+ACTIVE_TIMEOUT = 1800.0  # s since the first packet ends a flow (nfstream's default)
+
+
+def flow_key(proto: int, src: bytes, sport: int, dst: bytes, dport: int):
+    """(key, reverse): key is direction-free; reverse is True when src is the higher endpoint."""
+    if (src, sport) <= (dst, dport):
+        return (proto, src, sport, dst, dport), False
+    return (proto, dst, dport, src, sport), True
+
+
+class Flow:
+    """One flow's state. `c2s_reverse` remembers which key side opened it."""
+    __slots__ = ("id", "first", "last", "c2s_reverse", "packets", "bytes",
+                 "scored", "prob_sum", "label", "confidence", "src", "sport", "dst", "dport", "proto")
+
+    def __init__(self, fid, ts, key, reverse):
+        self.id = fid
+        self.first = self.last = ts
+        self.c2s_reverse = reverse
+        self.packets = 0
+        self.bytes = 0
+        self.scored = 0          # payload packets the model has seen
+        self.prob_sum = None     # running sum of class probabilities
+        self.label = -1          # class index once decided, -1 while undecided
+        self.confidence = 0.0
+        self.proto = key[0]
+        if reverse:
+            self.src, self.sport, self.dst, self.dport = key[3], key[4], key[1], key[2]
+        else:
+            self.src, self.sport, self.dst, self.dport = key[1], key[2], key[3], key[4]
+
+
+class FlowTable:
+    """LRU-bounded flow table with idle and active timeouts.
+
+    Memory is bounded by `max_flows`: when full, the least recently seen flow
+    is evicted (and reported to `on_expire`), so a SYN flood costs decisions,
+    not memory.
+    """
+
+    def __init__(self, max_flows: int = 65536, idle_timeout: float = IDLE_TIMEOUT,
+                 active_timeout: float = ACTIVE_TIMEOUT, on_expire=None):
+        self.max_flows = max_flows
+        self.idle_timeout = idle_timeout
+        self.active_timeout = active_timeout
+        self.on_expire = on_expire
+        self._flows: "OrderedDict[tuple, Flow]" = OrderedDict()
+        self._next_id = 0
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self):
+        return len(self._flows)
+
+    def get(self, key, reverse: bool, ts: float):
+        """The flow for `key` at time `ts` (new if absent or timed out) and whether
+        this packet goes client-to-server."""
+        flows = self._flows
+        f = flows.get(key)
+        if f is not None and (ts - f.last > self.idle_timeout or ts - f.first > self.active_timeout):
+            del flows[key]
+            self.expired += 1
+            if self.on_expire:
+                self.on_expire(f)
+            f = None
+        if f is None:
+            if len(flows) >= self.max_flows:
+                _, old = flows.popitem(last=False)
+                self.evicted += 1
+                if self.on_expire:
+                    self.on_expire(old)
+            f = Flow(self._next_id, ts, key, reverse)
+            self._next_id += 1
+            flows[key] = f
+        else:
+            flows.move_to_end(key)
+        f.last = ts
+        return f, reverse == f.c2s_reverse
+
+    def expire_idle(self, now: float) -> int:
+        """Drop flows idle past the timeout (oldest first, so we stop early)."""
+        n = 0
+        flows = self._flows
+        while flows:
+            key, f = next(iter(flows.items()))
+            if now - f.last <= self.idle_timeout:
+                break
+            del flows[key]
+            n += 1
+            if self.on_expire:
+                self.on_expire(f)
+        self.expired += n
+        return n
+
+    def values(self):
+        return self._flows.values()
+
+    def drain(self):
+        """Remove and return every flow (end of a capture or shutdown)."""
+        flows = list(self._flows.values())
+        self._flows.clear()
+        if self.on_expire:
+            for f in flows:
+                self.on_expire(f)
+        return flows

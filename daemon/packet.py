@@ -1,0 +1,248 @@
+"""Link layers -> an IP packet view; IP -> the fields the flow table needs.
+
+Everything here returns plain ints and tuples and never raises on bad input:
+a frame we cannot use is reported as a skip reason (an index into
+SKIP_REASONS) so that callers count it. Malformed traffic is normal at a
+gateway, not exceptional.
+"""
+from __future__ import annotations
+
+import struct
+
+# Skip reasons, in a fixed order so they can be counted in a numpy array.
+SKIP_REASONS = (
+    "not_ip",              # ARP, LLDP, STP, ... (fine, just not ours)
+    "unsupported_linktype",
+    "truncated",           # a header runs past the captured bytes
+    "bad_header",          # version/IHL/extension-header chain nonsense
+    "bad_length",          # IP total length shorter than its own header
+    "fragment",            # a non-first fragment: no transport header to see
+)
+NOT_IP, UNSUPPORTED_LINKTYPE, TRUNCATED, BAD_HEADER, BAD_LENGTH, FRAGMENT = range(len(SKIP_REASONS))
+
+# Link types (https://www.tcpdump.org/linktypes.html)
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
+LINKTYPE_RAW = 101
+LINKTYPE_RAW_OPENBSD = 12  # DLT_RAW's value on some BSDs
+LINKTYPE_RAW_14 = 14
+LINKTYPE_PPP_HDLC = 50
+LINKTYPE_C_HDLC = 104
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_PPI = 192
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+
+ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
+VLAN_TYPES = (0x8100, 0x88A8, 0x9100, 0x9200)
+ETH_PPPOE_SESSION = 0x8864
+ETH_MPLS = (0x8847, 0x8848)
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+
+_u16 = struct.Struct("!H").unpack_from
+
+
+def _ip_by_version(frame, off: int) -> int:
+    """For encapsulations that do not name the payload (MPLS, raw): peek."""
+    if off >= len(frame):
+        return -TRUNCATED - 1
+    v = frame[off] >> 4
+    return off if v in (4, 6) else -NOT_IP - 1
+
+
+def _ethertype(frame, off: int, etype: int) -> int:
+    """Walk VLAN/QinQ, PPPoE and MPLS to the IP header. Returns offset or -(reason+1)."""
+    n = len(frame)
+    for _ in range(8):  # bounded: a frame of nested tags must not loop us
+        if etype == ETH_IPV4 or etype == ETH_IPV6:
+            return off
+        if etype in VLAN_TYPES:
+            if off + 4 > n:
+                return -TRUNCATED - 1
+            etype = _u16(frame, off + 2)[0]
+            off += 4
+        elif etype == ETH_PPPOE_SESSION:
+            if off + 8 > n:
+                return -TRUNCATED - 1
+            proto = _u16(frame, off + 6)[0]
+            if proto not in (PPP_IPV4, PPP_IPV6):
+                return -NOT_IP - 1
+            return off + 8
+        elif etype in ETH_MPLS:
+            while True:
+                if off + 4 > n:
+                    return -TRUNCATED - 1
+                bottom = frame[off + 2] & 1
+                off += 4
+                if bottom:
+                    return _ip_by_version(frame, off)
+        else:
+            return -NOT_IP - 1
+    return -BAD_HEADER - 1
+
+
+def _ppp(frame, off: int) -> int:
+    n = len(frame)
+    if off + 2 <= n and frame[off] == 0xFF and frame[off + 1] == 0x03:
+        off += 2  # HDLC address/control
+    if off >= n:
+        return -TRUNCATED - 1
+    if frame[off] & 1:  # protocol-field compression: one byte
+        proto, off = frame[off], off + 1
+    else:
+        if off + 2 > n:
+            return -TRUNCATED - 1
+        proto, off = _u16(frame, off)[0], off + 2
+    if proto in (PPP_IPV4, PPP_IPV6):
+        return off
+    return -NOT_IP - 1
+
+
+def ip_offset(linktype: int, frame) -> int:
+    """Offset of the IP header in `frame`, or -(reason+1) for a skip."""
+    n = len(frame)
+    if linktype == LINKTYPE_ETHERNET:
+        if n < 14:
+            return -TRUNCATED - 1
+        return _ethertype(frame, 14, _u16(frame, 12)[0])
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_RAW_OPENBSD, LINKTYPE_RAW_14):
+        return _ip_by_version(frame, 0)
+    if linktype == LINKTYPE_LINUX_SLL:
+        if n < 16:
+            return -TRUNCATED - 1
+        return _ethertype(frame, 16, _u16(frame, 14)[0])
+    if linktype == LINKTYPE_LINUX_SLL2:
+        if n < 20:
+            return -TRUNCATED - 1
+        return _ethertype(frame, 20, _u16(frame, 0)[0])
+    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        if n < 4:
+            return -TRUNCATED - 1
+        # NULL stores the family in the writer's byte order; LOOP in network order.
+        fam = int.from_bytes(frame[0:4], "little")
+        if fam > 0xFFFF:
+            fam = int.from_bytes(frame[0:4], "big")
+        if fam == 2:
+            return 4
+        if fam in (10, 23, 24, 28, 30):  # AF_INET6 on Linux, Windows, BSDs, macOS
+            return 4
+        return -NOT_IP - 1
+    if linktype in (LINKTYPE_PPP, LINKTYPE_PPP_HDLC):
+        return _ppp(frame, 0)
+    if linktype == LINKTYPE_C_HDLC:
+        if n < 4:
+            return -TRUNCATED - 1
+        etype = _u16(frame, 2)[0]
+        return 4 if etype in (ETH_IPV4, ETH_IPV6) else -NOT_IP - 1
+    if linktype == LINKTYPE_PPI:
+        if n < 8:
+            return -TRUNCATED - 1
+        hlen = int.from_bytes(frame[2:4], "little")
+        dlt = int.from_bytes(frame[4:8], "little")
+        if hlen < 8 or hlen > n or dlt == LINKTYPE_PPI:
+            return -BAD_HEADER - 1
+        inner = ip_offset(dlt, frame[hlen:])
+        return inner + hlen if inner >= 0 else inner
+    return -UNSUPPORTED_LINKTYPE - 1
+
+
+# IPv6 extension headers that we step over to reach the transport header.
+_IPV6_EXT = {0, 43, 60, 135, 139, 140}
+_IPV6_FRAG, _IPV6_AH = 44, 51
+MAX_IPV6_EXT = 10  # a longer chain is hostile, not real
+
+
+def parse_ip(frame, off: int):
+    """Parse the IP header at `off`.
+
+    Returns (version, proto, src, dst, l4_off, l4_end) where l4_off..l4_end is
+    the IP payload (transport header + data) within the captured bytes, and
+    src/dst are the raw address bytes; or a negative int -(reason+1).
+    """
+    n = len(frame)
+    if off + 1 > n:
+        return -TRUNCATED - 1
+    v = frame[off] >> 4
+    if v == 4:
+        if off + 20 > n:
+            return -TRUNCATED - 1
+        ihl = (frame[off] & 0x0F) * 4
+        if ihl < 20:
+            return -BAD_HEADER - 1
+        if off + ihl > n:
+            return -TRUNCATED - 1
+        total = _u16(frame, off + 2)[0]
+        if total < ihl:
+            if total != 0:  # 0 = TSO-offloaded capture; trust the captured bytes
+                return -BAD_LENGTH - 1
+            total = n - off
+        if _u16(frame, off + 6)[0] & 0x1FFF:
+            return -FRAGMENT - 1
+        end = min(off + total, n)
+        return 4, frame[off + 9], bytes(frame[off + 12:off + 16]), bytes(frame[off + 16:off + 20]), off + ihl, end
+    if v == 6:
+        if off + 40 > n:
+            return -TRUNCATED - 1
+        plen = _u16(frame, off + 4)[0]
+        end = min(off + 40 + plen, n) if plen else n  # 0 = jumbogram: take what was captured
+        nxt = frame[off + 6]
+        p = off + 40
+        for _ in range(MAX_IPV6_EXT):
+            if nxt in _IPV6_EXT:
+                if p + 8 > end:
+                    return -TRUNCATED - 1
+                nxt, p = frame[p], p + (frame[p + 1] + 1) * 8
+            elif nxt == _IPV6_FRAG:
+                if p + 8 > end:
+                    return -TRUNCATED - 1
+                if _u16(frame, p + 2)[0] & 0xFFF8:
+                    return -FRAGMENT - 1
+                nxt, p = frame[p], p + 8
+            elif nxt == _IPV6_AH:
+                if p + 8 > end:
+                    return -TRUNCATED - 1
+                nxt, p = frame[p], p + (frame[p + 1] + 2) * 4
+            else:
+                break
+        else:
+            return -BAD_HEADER - 1
+        if p > end:
+            return -TRUNCATED - 1
+        return 6, nxt, bytes(frame[off + 8:off + 24]), bytes(frame[off + 24:off + 40]), p, end
+    return -BAD_HEADER - 1
+
+
+def ports(frame, proto: int, l4_off: int, l4_end: int):
+    """(sport, dport, data_offset) for TCP/UDP/SCTP, else (0, 0, l4_off).
+
+    data_offset is where the application data starts, so callers can tell
+    bare ACK/SYN/FIN packets (no data) from payload-carrying ones.
+    """
+    if proto in (6, 17, 132) and l4_off + 4 <= l4_end:
+        sport, dport = struct.unpack_from("!HH", frame, l4_off)
+        if proto == 6:
+            if l4_off + 13 <= l4_end:
+                return sport, dport, min(l4_off + (frame[l4_off + 12] >> 4) * 4, l4_end)
+            return sport, dport, l4_end
+        return sport, dport, min(l4_off + (8 if proto == 17 else 12), l4_end)
+    return 0, 0, l4_off
+
+
+def decode(linktype: int, frame):
+    """Frame -> (version, proto, src, dst, sport, dport, ip_off, l4_off, l4_end, data_off) or -(reason+1).
+
+    Offsets index `frame`: the IP header starts at ip_off, its payload
+    (transport header + data) is l4_off..l4_end, application data data_off..l4_end.
+    """
+    off = ip_offset(linktype, frame)
+    if off < 0:
+        return off
+    ip = parse_ip(frame, off)
+    if isinstance(ip, int):
+        return ip
+    version, proto, src, dst, l4_off, l4_end = ip
+    sport, dport, data_off = ports(frame, proto, l4_off, l4_end)
+    return version, proto, src, dst, sport, dport, off, l4_off, l4_end, data_off
