@@ -86,6 +86,10 @@ def _ethertype(frame, off: int, etype: int) -> int:
 
 def _ppp(frame, off: int) -> int:
     n = len(frame)
+    if off + 4 <= n and frame[off] in (0x0F, 0x8F) and frame[off + 1] == 0:
+        # Cisco HDLC framing under the PPP link type (as tcpdump also accepts)
+        etype = _u16(frame, off + 2)[0]
+        return off + 4 if etype in (ETH_IPV4, ETH_IPV6) else -NOT_IP - 1
     if off + 2 <= n and frame[off] == 0xFF and frame[off + 1] == 0x03:
         off += 2  # HDLC address/control
     if off >= n:

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from daemon.capture.pcapfile import CaptureError, PcapReader
-from daemon.features import payload_bytes
+from daemon.features import N_BYTES, payload_bytes
 from daemon.flows import FlowTable, flow_key
 from daemon.packet import SKIP_REASONS, decode
 
@@ -102,7 +102,7 @@ def read_capture(job):
         meta.append((flow.id, 0 if c2s else 1, l4_end - ip_off, ts, l4_end - data_off))
     res["errors"].update(reader.errors)
     n = len(pkts)
-    res["X"] = payload_bytes(pkts, l4offs) if n else np.zeros((0, 1480), np.uint8)
+    res["X"] = payload_bytes(pkts, l4offs) if n else np.zeros((0, N_BYTES), np.uint8)
     del pkts
     reader.close()
     m = np.array(meta, dtype=[("flow", "i4"), ("dir", "i1"), ("length", "i4"), ("ts", "f8"),

@@ -1,0 +1,32 @@
+"""Arguments of the training subcommands (kept free of heavy imports so --help is fast)."""
+
+
+def add(name, p):
+    if name in ("train", "sweep"):
+        p.add_argument("--dataset", "-d", required=True, help="dataset .npz from `tc-daemon dataset build`")
+        p.add_argument("--out", default="runs", help="results folder (one subfolder per cell)")
+        p.add_argument("--epochs", type=int, default=30, help="maximum epochs (early stopping on validation)")
+        p.add_argument("--patience", type=int, default=5)
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--include-other", action="store_true", help="train `other` as a class")
+        p.add_argument("--balance", help="cap each class at N packets, or 'min' (the paper balanced)")
+        p.add_argument("--quiet", "-q", action="store_true")
+    if name == "train":
+        p.add_argument("--family", choices=["svm", "mlp", "lstm", "cnn"], required=True)
+        p.add_argument("--budget", type=int, default=100_000, help="parameter budget")
+        p.add_argument("--lr", type=float, help="learning rate (default: search the paper's grid)")
+        p.add_argument("--split", choices=["random", "flow", "capture"], default="random")
+    if name == "sweep":
+        p.add_argument("--families", default="svm,mlp,lstm")
+        p.add_argument("--budgets", help="comma list (default: the paper's 15)")
+        p.add_argument("--splits", default="random,flow,capture")
+        p.add_argument("--report", default="docs/paper-reproduction", help="report folder (md + png)")
+    if name == "export":
+        p.add_argument("runs", nargs="+", help="trained cell folders (with model.keras)")
+        p.add_argument("--dataset", "-d", required=True, help="the dataset they were trained on")
+        p.add_argument("--ship", default=None, help="models folder to ship into (default: models/shipped)")
+        p.add_argument("--quant", default="int8", help="comma list of float32,dynamic,int8")
+    if name == "report":
+        p.add_argument("--runs", default="runs")
+        p.add_argument("--out", default="docs/paper-reproduction")

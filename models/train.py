@@ -1,0 +1,144 @@
+"""Train and evaluate one configuration: family x budget x learning rate x split.
+
+    tc-daemon train --dataset ds.npz --family lstm --budget 100000 --lr 5e-3 --split random
+
+Writes <out>/<cell>/results.json (and model.keras): accuracy, macro-F1,
+per-class F1 and confusion on the test part, per packet and with flow
+decisions, training time, exact parameter count and Keras predict speed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from daemon.features import as_flat, as_sequence
+
+from . import dataset, zoo
+from .metrics import flow_decisions, scores
+
+LR_GRID = {"mlp": [1e-3, 5e-4, 1e-4], "lstm": [1e-2, 5e-3, 1e-3], "cnn": [1e-3], "svm": [0.0]}
+SPLITS = ("random", "flow", "capture")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cell_name(family, budget, lr, split, seed=0):
+    return f"{family}-{budget}-lr{lr:g}-{split}-s{seed}"
+
+
+def select(ds, split, include_other=False, balance_to=None, seed=0):
+    """Indices of train/val/test for `split`, restricted to the known classes unless asked."""
+    y = ds["label"]
+    other = len(ds["classes"]) - 1
+    keep = np.arange(len(y)) if include_other else np.flatnonzero(y != other)
+    if balance_to:
+        counts = np.bincount(y[keep])
+        per = int(counts[counts > 0].min()) if balance_to == "min" else int(balance_to)
+        keep = keep[dataset.balance(y[keep], per, seed)]
+    part = ds["split_" + split][keep]
+    return keep[part == 0], keep[part == 1], keep[part == 2]
+
+
+def view(family, x):
+    return as_sequence(x) if zoo.view_of(family) == "sequence" else as_flat(x)
+
+
+def keras_speed(model, x_one, calls=30) -> float:
+    """Packets/s of Keras predict on one packet per call: the paper's measurement."""
+    model.predict(x_one, verbose=0)
+    t = time.perf_counter()
+    for _ in range(calls):
+        model.predict(x_one, verbose=0)
+    return calls / (time.perf_counter() - t)
+
+
+def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, batch_size=128,
+               seed=0, include_other=False, balance_to=None, class_weight=True, verbose=1, k_flow=5):
+    """Train one cell and write its results.json; returns the results dict."""
+    import keras
+
+    tr, va, te = select(ds, split, include_other, balance_to, seed)
+    classes = ds["classes"] if include_other else ds["classes"][:-1]
+    n = len(classes)
+    X, y = ds["X"], ds["label"]
+    t0 = time.time()
+    if family == "svm":
+        from sklearn.svm import LinearSVC
+        svm = LinearSVC(C=1.0, class_weight="balanced" if class_weight else None, random_state=seed,
+                        max_iter=2000)
+        svm.fit(as_flat(X[tr]), y[tr])
+        model, params = zoo.build("svm", 0, n, seed)
+        W = np.zeros((zoo.N_IN, n), np.float32)
+        b = np.full(n, -1e3, np.float32)  # classes absent from training can never win
+        W[:, svm.classes_] = svm.coef_.T if n > 2 else np.c_[-svm.coef_.T, svm.coef_.T]
+        b[svm.classes_] = svm.intercept_
+        model.layers[-1].set_weights([W, b])
+        model = keras.Sequential([model, keras.layers.Softmax(name="probs")])
+        epochs_run, best_val = 0, float((svm.predict(as_flat(X[va])) == y[va]).mean()) if len(va) else 0.0
+    else:
+        model, params = zoo.build(family, budget, n, seed)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        cw = None
+        if class_weight:
+            counts = np.bincount(y[tr], minlength=n).astype(float)
+            cw = {i: (len(tr) / (n * c) if c else 0.0) for i, c in enumerate(counts)}
+        stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
+                                             restore_best_weights=True)
+        hist = model.fit(view(family, X[tr]), y[tr], validation_data=(view(family, X[va]), y[va]),
+                         epochs=epochs, batch_size=batch_size, class_weight=cw, callbacks=[stop],
+                         verbose=verbose, shuffle=True)
+        epochs_run = len(hist.history["loss"])
+        best_val = float(max(hist.history["val_accuracy"]))
+    train_s = time.time() - t0
+
+    probs = model.predict(view(family, X[te]), batch_size=1024, verbose=0)
+    pred = probs.argmax(1)
+    res = dict(family=family, budget=budget, params=int(params), lr=lr, split=split, seed=seed,
+               classes=list(classes), n_train=len(tr), n_val=len(va), n_test=len(te),
+               epochs=epochs_run, val_accuracy=best_val, train_seconds=round(train_s, 1),
+               packet=scores(y[te], pred, n), include_other=include_other, balance=balance_to,
+               cpu=cpu_name())
+    dec, _ = flow_decisions(probs, ds["flow"][te], ds["ts"][te], k_flow)
+    res["flow_k"] = k_flow
+    res["flow_decision_packets"] = scores(y[te], dec, n)  # packet-weighted, flow decisions
+    uf, first = np.unique(ds["flow"][te], return_index=True)
+    res["flow_decision_flows"] = scores(y[te][first], dec[first], n)  # flow-weighted
+    res["keras_pps_batch1"] = keras_speed(model, view(family, X[te[:1]]))
+    os.makedirs(out_dir, exist_ok=True)
+    model.save(os.path.join(out_dir, "model.keras"))
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
+def main(a):
+    ds = dataset.load(a.dataset)
+    lrs = [a.lr] if a.lr is not None else LR_GRID[a.family]
+    best = None
+    for lr in lrs:
+        name = cell_name(a.family, a.budget, lr, a.split, a.seed)
+        res = train_cell(ds, a.family, a.budget, lr, a.split, os.path.join(a.out, name), epochs=a.epochs,
+                         patience=a.patience, batch_size=a.batch_size, seed=a.seed,
+                         include_other=a.include_other, balance_to=a.balance, verbose=0 if a.quiet else 1)
+        p = res["packet"]
+        print(f"{name}: params={res['params']} val={res['val_accuracy']:.3f} test acc={p['accuracy']:.3f} "
+              f"macro-F1={p['macro_f1']:.3f} flow-decision acc={res['flow_decision_packets']['accuracy']:.3f} "
+              f"({res['epochs']} epochs, {res['train_seconds']:.0f}s)")
+        if best is None or res["val_accuracy"] > best["val_accuracy"]:
+            best = res
+    if len(lrs) > 1:
+        print(f"best learning rate on validation: {best['lr']:g}")

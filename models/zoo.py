@@ -1,0 +1,109 @@
+"""Model builders for a parameter budget: linear SVM, MLP, LSTM (and the 1D-CNN of issue 9).
+
+`fit_budget(family, budget, n_classes)` picks widths and depths that land
+within 5 % of the budget and returns (model, exact parameter count). The LSTM
+is unrolled over its 40 steps so that it converts to plain TFLite built-in
+ops (Keras 3's default LSTM becomes a while loop that needs Flex ops the
+gateway runtime lacks, and crashes the full-int8 converter).
+"""
+from __future__ import annotations
+
+import math
+
+BUDGETS = [15_000, 30_000, 50_000, 100_000, 200_000, 300_000, 350_000, 400_000, 500_000,
+           600_000, 700_000, 800_000, 900_000, 950_000, 1_000_000]
+from daemon.features import LSTM_SHAPE, N_BYTES
+
+N_IN = N_BYTES
+STEPS, STEP_BYTES = LSTM_SHAPE
+
+
+def mlp_params(widths, n_classes):
+    dims = [N_IN] + list(widths) + [n_classes]
+    return sum(a * b + b for a, b in zip(dims, dims[1:]))
+
+
+def lstm_params(units, n_classes, dense=0):
+    p, d = 0, STEP_BYTES
+    for u in units:
+        p += 4 * (u * (d + u) + u)
+        d = u
+    if dense:
+        p += d * dense + dense
+        d = dense
+    return p + d * n_classes + n_classes
+
+
+def mlp_shape(budget, n_classes):
+    """Two hidden layers (the second half as wide) once the budget allows 32 units, else one."""
+    best = None
+    for depth in (1, 2):
+        for w in range(4, 4096):
+            widths = [w] if depth == 1 else [w, max(w // 2, 4)]
+            p = mlp_params(widths, n_classes)
+            if p >= budget:
+                prev = [w - 1] if depth == 1 else [w - 1, max((w - 1) // 2, 4)]
+                cand = min((widths, p), (prev, mlp_params(prev, n_classes)), key=lambda t: abs(t[1] - budget))
+                if depth == 1 or cand[0][0] >= 32:
+                    best = cand
+                break
+    return best
+
+
+def lstm_shape(budget, n_classes):
+    """One LSTM layer up to 300k parameters, two stacked above (depth buys more than width there)."""
+    layers = 1 if budget <= 300_000 else 2
+    lo, hi = 2, 2048
+    while lo < hi:
+        u = (lo + hi) // 2
+        if lstm_params([u] * layers, n_classes) < budget:
+            lo = u + 1
+        else:
+            hi = u
+    cands = [([u] * layers, lstm_params([u] * layers, n_classes)) for u in (lo - 1, lo)]
+    return min(cands, key=lambda t: abs(t[1] - budget))
+
+
+def build(family: str, budget: int, n_classes: int, seed: int = 0):
+    """A compiled-ready Keras model for `family` at `budget` parameters."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    if family == "mlp":
+        widths, _ = mlp_shape(budget, n_classes)
+        inp = keras.Input((N_IN,), name="bytes")
+        x = inp
+        for w in widths:
+            x = layers.Dense(w, activation="relu")(x)
+        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    elif family == "lstm":
+        units, _ = lstm_shape(budget, n_classes)
+        inp = keras.Input((STEPS, STEP_BYTES), name="bytes")
+        x = inp
+        for i, u in enumerate(units):
+            x = layers.LSTM(u, unroll=True, return_sequences=i < len(units) - 1)(x)
+        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    elif family == "cnn":
+        # issue 9: filters that find a signature at any offset (a TLS server name, a protocol magic)
+        inp = keras.Input((N_IN,), name="bytes")
+        f = max(8, int(math.sqrt(budget / 40)))
+        x = layers.Reshape((N_IN, 1))(inp)
+        x = layers.Conv1D(f, 7, strides=2, activation="relu")(x)
+        x = layers.MaxPooling1D(3)(x)
+        x = layers.Conv1D(2 * f, 5, activation="relu")(x)
+        x = layers.GlobalMaxPooling1D()(x)
+        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    elif family == "svm":
+        # a linear SVM exported as one Dense layer: scores = W x + b (trained by scikit-learn)
+        inp = keras.Input((N_IN,), name="bytes")
+        out = layers.Dense(n_classes, name="scores")(inp)
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    model = keras.Model(inp, out, name=f"{family}_{budget}")
+    return model, model.count_params()
+
+
+def view_of(family: str) -> str:
+    """Which input view (daemon.features.VIEWS) a family reads."""
+    return "sequence" if family == "lstm" else "flat"
