@@ -150,6 +150,18 @@ def ship(tflite_path: str, entry: dict, directory: str = SHIPPED_DIR):
     os.replace(tmp, path)
 
 
+def set_meta(directory: str = SHIPPED_DIR, **fields):
+    """Manifest-wide facts (the CPU the speeds were measured on)."""
+    path = os.path.join(directory, MANIFEST)
+    with open(path) as f:
+        m = json.load(f)
+    m.update(fields)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(m, f, indent=1)
+    os.replace(tmp, path)
+
+
 def update_entry(name: str, fields: dict, directory: str = SHIPPED_DIR):
     path = os.path.join(directory, MANIFEST)
     with open(path) as f:

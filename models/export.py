@@ -88,13 +88,52 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=300):
                      keras_agreement=agree, keras_accuracy=acc_k, accuracy_loss=acc_k - acc_t,
                      trained_split=res["split"], lr=res["lr"], cpu=cpu_name(),
                      accuracy={res["split"]: {"accuracy": acc_t, "macro_f1": scores(y[te], t_pred, n)["macro_f1"]}})
+        for sib in _siblings(run_dir, res):
+            if sib["split"] != res["split"]:
+                entry["accuracy"][sib["split"]] = {"accuracy": sib["packet"]["accuracy"],
+                                                   "macro_f1": sib["packet"]["macro_f1"],
+                                                   "source": "keras, same architecture and rate trained on this split"}
+        entry["accuracy"][res["split"]]["source"] = "this file (TFLite) on its own test split"
+        entry["flow_decision_accuracy"] = {res["split"]: res["flow_decision_packets"]["accuracy"]}
         ship = (acc_k - acc_t) <= MAX_LOSS
         print(f"{name}: {len(blob)} bytes, keras agreement {agree:.3f}, accuracy keras {acc_k:.3f} "
               f"tflite {acc_t:.3f}{'' if ship else '  NOT SHIPPED (loses more than 1 point)'}")
         if ship and ship_dir:
+            from bench import models as bm
+            from bench.machine import cpu_model
             registry.ship(tmp, entry, ship_dir)
+            placed = dict(entry, path=os.path.join(ship_dir, entry["file"]))
+            figs = bm.tflite_figures(placed, batches=(1, 64))
+            registry.update_entry(entry["name"], dict(pps_batch1=figs["pps_batch1"], pps_batch64=figs["pps_batch64"],
+                                                      p50_us=figs["p50_us"], p99_us=figs["p99_us"],
+                                                      peak_memory_bytes=bm.peak_memory(placed)), ship_dir)
+            registry.set_meta(ship_dir, cpu=cpu_model())
+            _save_keras(model, os.path.join(ship_dir, "keras", name.rsplit("-", 1)[0] + ".keras"))
         out.append((entry, ship))
     return out
+
+
+def _siblings(run_dir, res):
+    """Cells of the same family, budget, rate and seed under the same sweep folder (other splits)."""
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    out = []
+    for d in os.listdir(parent):
+        p = os.path.join(parent, d, "results.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                r = json.load(f)
+            if (r["family"], r["budget"], r["lr"], r["seed"]) == (res["family"], res["budget"], res["lr"], res["seed"]):
+                out.append(r)
+    return out
+
+
+def _save_keras(model, path):
+    """The Keras model without optimizer state, for `tc-daemon bench` (Keras predict beside TFLite)."""
+    import keras
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone.save(path)
 
 
 def main(a):

@@ -1,0 +1,161 @@
+"""`tc-daemon bench`: models, features, offline and live throughput; a table and a JSON.
+
+    tc-daemon bench                       # everything, writes docs/bench.json
+    tc-daemon bench --only models,features --quick
+
+Tests never assert on these numbers; the README and docs/performance.md quote
+the JSON with the command that made it.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from daemon import registry
+from daemon.capture.pcapfile import CaptureError, PcapReader
+from daemon.features import payload_bytes
+from daemon.packet import decode
+
+from . import machine
+from . import models as bm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ndpi-pcaps", "pcap"))
+KERAS_DIR = os.path.join(ROOT, "models", "shipped", "keras")
+
+
+def corpus_files(path):
+    files = sorted(f for f in glob.glob(os.path.join(path, "*")) if os.path.isfile(f))
+    if not files:
+        raise SystemExit(f"bench: no captures in {path} (give --corpus)")
+    return files
+
+
+def section_models(quick=False):
+    rows = []
+    for e in registry.load_manifest()["models"]:
+        f = bm.tflite_figures(e, batches=(1, 64, 256))
+        f["peak_memory_bytes"] = bm.peak_memory(e)
+        k = None if quick else bm.keras_batch1(e, KERAS_DIR)
+        rows.append(dict(name=e["name"], family=e["family"], params=e["params"], bytes=e["bytes"],
+                         keras_pps_batch1=k, tflite_over_keras=(f["pps_batch1"] / k) if k else None, **f))
+        print(f"  {e['name']:<20} {f['pps_batch1']:>9.0f} pkt/s @1 {f['pps_batch256']:>9.0f} @256  "
+              f"p50 {f['p50_us']:>7.0f} us p99 {f['p99_us']:>7.0f} us  mem {f['peak_memory_bytes'] / 2**20:5.1f} MiB"
+              + (f"  Keras @1 {k:5.1f} pkt/s (x{f['pps_batch1'] / k:,.0f})" if k else ""), flush=True)
+    return rows
+
+
+def _corpus_packets(files, limit=None):
+    pkts, offs = [], []
+    for path in files:
+        try:
+            with PcapReader(path) as r:
+                for lt, _, frame in r:
+                    d = decode(lt, frame)
+                    if not isinstance(d, int) and d[9] < d[8]:
+                        pkts.append(bytes(frame[:d[8]]))
+                        offs.append(d[7])
+        except CaptureError:
+            continue
+        if limit and len(pkts) >= limit:
+            break
+    return pkts, offs
+
+
+def section_features(files, quick=False):
+    """Capture reading + decoding, then payload_bytes in batches of 256."""
+    t = time.perf_counter()
+    n_frames = 0
+    for path in files:
+        try:
+            with PcapReader(path) as r:
+                for lt, _, frame in r:
+                    decode(lt, frame)
+                    n_frames += 1
+        except CaptureError:
+            pass
+    read_s = time.perf_counter() - t
+    pkts, offs = _corpus_packets(files, 20000 if quick else None)
+    out = np.zeros((256, 1480), np.uint8)
+    t = time.perf_counter()
+    reps = 1 if quick else 3
+    for _ in range(reps):
+        for s in range(0, len(pkts), 256):
+            payload_bytes(pkts[s:s + 256], offs[s:s + 256], out=out)
+    feat_s = (time.perf_counter() - t) / reps
+    res = dict(frames=n_frames, read_decode_pps=n_frames / read_s, payload_packets=len(pkts),
+               features_pps=len(pkts) / feat_s, batch=256)
+    print(f"  read+decode {res['read_decode_pps']:,.0f} frames/s over {n_frames} frames; "
+          f"features {res['features_pps']:,.0f} packets/s (batch 256)", flush=True)
+    return res
+
+
+def section_offline(files, corpus):
+    """`tc-daemon classify` over the corpus (whole process), and ndpiReader over the same files."""
+    exe = shutil.which("tc-daemon") or f"{sys.executable} -m daemon.cli"
+    res = dict(files=len(files))
+    n_frames = sum(1 for p in files for _ in _safe_iter(p))
+    res["frames"] = n_frames
+    for mode in ("flow", "packet"):
+        t = time.perf_counter()
+        r = subprocess.run(exe.split() + ["classify", corpus, "--mode", mode, "--output", "summary"],
+                           capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        res[f"classify_{mode}_seconds"] = dt
+        res[f"classify_{mode}_pps"] = n_frames / dt
+        res[f"classify_{mode}_exit"] = r.returncode
+        print(f"  classify --mode {mode}: {n_frames / dt:,.0f} packets/s ({dt:.1f} s, exit {r.returncode})", flush=True)
+    nd = shutil.which("ndpiReader")
+    if nd:
+        t = time.perf_counter()
+        for p in files:
+            subprocess.run([nd, "-i", p, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dt = time.perf_counter() - t
+        res["ndpiReader_seconds"] = dt
+        res["ndpiReader_pps"] = n_frames / dt
+        res["ndpiReader_version"] = subprocess.run([nd, "-h"], capture_output=True, text=True).stdout.split("\n")[0]
+        res["classify_flow_over_ndpiReader"] = res["classify_flow_pps"] / res["ndpiReader_pps"]
+        print(f"  ndpiReader: {n_frames / dt:,.0f} packets/s ({dt:.1f} s, one process per capture)", flush=True)
+    return res
+
+
+def _safe_iter(path):
+    try:
+        with PcapReader(path) as r:
+            yield from r
+    except CaptureError:
+        return
+
+
+def main(a):
+    sections = set((a.only or "models,features,offline,live").split(","))
+    corpus = a.corpus or DEFAULT_CORPUS
+    out = dict(machine=machine.describe(), command="tc-daemon bench " + " ".join(sys.argv[2:]),
+               date=time.strftime("%Y-%m-%d"))
+    print(f"machine: {out['machine']['cpu']}, {out['machine']['cores']} cores, python {out['machine']['python']}")
+    if "models" in sections:
+        print("models (TFLite via ai-edge-litert, 1 thread):")
+        out["models"] = section_models(a.quick)
+    if "features" in sections or "offline" in sections:
+        files = corpus_files(corpus)
+    if "features" in sections:
+        print("features:")
+        out["features"] = section_features(files, a.quick)
+    if "offline" in sections:
+        print("offline:")
+        out["offline"] = section_offline(files, corpus)
+    if "live" in sections:
+        from . import live
+        print("live (tcpreplay onto a veth pair):")
+        out["live"] = live.ladder(quick=a.quick)
+    os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
+    with open(a.output, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {a.output}")
