@@ -9,6 +9,7 @@ daemon/features.payload_bytes, the same code the gateway runs.
 from __future__ import annotations
 
 import glob
+import zlib
 import os
 import sys
 from collections import Counter, defaultdict
@@ -99,20 +100,21 @@ def read_capture(job):
             continue
         pkts.append(frame[:l4_end])  # payload_bytes copies l4_off..end of this view
         l4offs.append(l4_off)
-        meta.append((flow.id, 0 if c2s else 1, l4_end - ip_off, ts, l4_end - data_off))
+        meta.append((flow.id, 0 if c2s else 1, l4_end - ip_off, ts, l4_end - data_off, n_total - 1))
     res["errors"].update(reader.errors)
     n = len(pkts)
     res["X"] = payload_bytes(pkts, l4offs) if n else np.zeros((0, N_BYTES), np.uint8)
     del pkts
     reader.close()
     m = np.array(meta, dtype=[("flow", "i4"), ("dir", "i1"), ("length", "i4"), ("ts", "f8"),
-                              ("payload_len", "i4")]) if n else None
+                              ("payload_len", "i4"), ("index", "i4")]) if n else None
     res["n_frames"] = n_total
     res["flow"] = m["flow"] if n else np.zeros(0, np.int32)
     res["direction"] = m["dir"] if n else np.zeros(0, np.int8)
     res["length"] = m["length"] if n else np.zeros(0, np.int32)
     res["ts"] = m["ts"] if n else np.zeros(0)
     res["payload_len"] = m["payload_len"] if n else np.zeros(0, np.int32)
+    res["index"] = m["index"] if n else np.zeros(0, np.int32)  # frame position in its capture
     res["flow_names"] = {fid: (lab.name, lab.confidence) for fid, lab in flow_label.items()}
     res["keys"] = {flow_key_of[fid] for fid in flow_label}
     if out_labels is not None and source == "nfstream" and labels is not out_labels:
@@ -200,15 +202,20 @@ def group_split(groups: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     return part_of[inv]
 
 
-def random_split(n: int, seed: int) -> np.ndarray:
-    """The paper's split: packets shuffled, 64/16/20."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    cut1, cut2 = int(0.64 * n), int(0.80 * n)
-    s = np.zeros(n, np.int8)
-    s[perm[cut1:cut2]] = 1
-    s[perm[cut2:]] = 2
-    return s
+def _uniform(capture_names, capture, item, seed) -> np.ndarray:
+    """A uniform [0,1) draw per (capture file, item, seed), independent of the rest of the corpus,
+    so that adding or removing captures never reshuffles the others' assignment."""
+    name_h = np.array([zlib.crc32(n.encode()) for n in capture_names], np.uint64)
+    h = name_h[capture] * np.uint64(0x9E3779B97F4A7C15) ^ (item.astype(np.uint64) + np.uint64(seed) * np.uint64(0xBF58476D1CE4E5B9))
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(29)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def hashed_split(u: np.ndarray) -> np.ndarray:
+    """64/16/20 by a uniform draw per packet (random split) or per flow (flow split)."""
+    return np.where(u < 0.64, 0, np.where(u < 0.80, 1, 2)).astype(np.int8)
 
 
 def balance(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -280,7 +287,8 @@ def build(paths: Sequence[str], out: str, source: str = "nfstream", classes: Opt
         cols["flow"].append(fl.astype(np.int64) + flow_base)
         cols["capture"].append(np.full(n, ci, np.int16))
         cols["group"].append(np.full(n, groups[ci], np.int16))
-        for k in ("direction", "length", "ts", "payload_len"):
+        cols["flow_local"].append(fl.astype(np.int32))
+        for k in ("direction", "length", "ts", "payload_len", "index"):
             cols[k].append(r[k])
         flow_base += int(fl.max()) + 1
     if not cols:
@@ -317,8 +325,11 @@ def build(paths: Sequence[str], out: str, source: str = "nfstream", classes: Opt
         data = {k: v[keep] for k, v in data.items()}
 
     n = len(data["label"])
-    data["split_random"] = random_split(n, seed)
-    data["split_flow"] = group_split(data["flow"], data["label"], seed)
+    cap_names = [os.path.basename(r["path"]) for r in results]
+    # the paper's split: packets at random; then whole flows; then whole capture groups
+    with np.errstate(over="ignore"):
+        data["split_random"] = hashed_split(_uniform(cap_names, data["capture"], data["index"], seed))
+        data["split_flow"] = hashed_split(_uniform(cap_names, data["capture"], data["flow_local"], seed + 1))
     data["split_capture"] = group_split(data["group"], data["label"], seed)
     meta = dict(classes=np.array(class_names), apps=np.array(app_names), ndpi_names=np.array(list(ndpi_names)),
                 captures=np.array([os.path.basename(r["path"]) for r in results]),

@@ -52,7 +52,7 @@ def test_group_splits_do_not_leak(built, split, key):
 def test_random_split_fractions(built):
     d, _, _ = built
     frac = np.bincount(d["split_random"], minlength=3) / len(d["split_random"])
-    np.testing.assert_allclose(frac, [0.64, 0.16, 0.20], atol=0.01)
+    np.testing.assert_allclose(frac, [0.64, 0.16, 0.20], atol=0.03)
 
 
 def test_out_file_parser_reads_ipv6_and_confidence():
@@ -82,3 +82,15 @@ def test_nfstream_labels_agree_with_out_files(tmp_path):
                       progress=False, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert s["agreement"]["same_application"] > 0.9
     assert any("nfstream vs nDPI .out" in l for l in lines)
+
+
+def test_splits_do_not_depend_on_the_other_captures(built, tmp_path):
+    """Adding captures must not reshuffle the packets of the ones already there."""
+    d, _, _ = built
+    out = str(tmp_path / "one.npz")
+    dataset.build([os.path.join(DATA, "whatsapp.pcap")], out, source="out", classes=["WhatsApp", "Facebook", "DoH_DoT"],
+                  jobs=1, progress=False, log=lambda *a, **k: None)
+    one = dataset.load(out)
+    sel = d["capture"] == d["captures"].index("whatsapp.pcap")
+    for s in ("split_random", "split_flow"):
+        np.testing.assert_array_equal(d[s][sel], one[s])
