@@ -154,7 +154,7 @@ def main(a):
     if "live" in sections:
         from . import live
         print("live (tcpreplay onto a veth pair):")
-        out["live"] = live.ladder(quick=a.quick)
+        out["live"] = {mode: live.ladder(mode=mode, corpus=corpus, quick=a.quick) for mode in ("flow", "packet")}
     os.makedirs(os.path.dirname(os.path.abspath(a.output)), exist_ok=True)
     with open(a.output, "w") as f:
         json.dump(out, f, indent=1)
