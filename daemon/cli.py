@@ -12,16 +12,7 @@ import sys
 
 from . import __version__
 
-EX_USAGE = 64
-EX_CONFIG = 78
-
-
-class CliError(Exception):
-    """A one-line error for the operator; exit code attached."""
-
-    def __init__(self, msg: str, code: int = 1):
-        super().__init__(msg)
-        self.code = code
+from .errors import EX_CONFIG, CliError  # noqa: F401 (re-exported for subcommands)
 
 
 def _train_import(name: str):

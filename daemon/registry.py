@@ -177,7 +177,7 @@ def update_entry(name: str, fields: dict, directory: str = SHIPPED_DIR):
 
 def cli_list(a):
     """`tc-daemon models list [--format table|json] [--memory-budget B] [--min-pps N]`."""
-    from .cli import CliError
+    from .errors import CliError
     budget = a.memory_budget
     if budget is None and getattr(a, "config", None):
         from . import config as cfgmod

@@ -24,6 +24,7 @@ from .metrics import scores
 from .train import cpu_name, select, view
 
 MAX_LOSS = 0.01  # accuracy an export may lose against Keras and still ship
+FIXTURE_N = 32   # test packets kept beside the shipped models, with each model's reference outputs
 
 
 def convert(model, quant: str, rep_x=None) -> bytes:
@@ -54,7 +55,7 @@ def calibrate_threshold(probs, y, keep=0.95) -> float:
     return float(np.quantile(right, 1 - keep)) if len(right) else 0.0
 
 
-def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=300):
+def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=1000):
     import keras
 
     with open(os.path.join(run_dir, "results.json")) as f:
@@ -71,7 +72,7 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=300):
     out = []
     for q in quants:
         blob = convert(model, q, rep_x)
-        name = f"{family}-{res['params'] // 1000}k-{q}"
+        name = f"{family}-{round(res['params'] / 1000)}k-{q}"
         tmp = os.path.join(run_dir, name + ".tflite")
         with open(tmp, "wb") as f:
             f.write(blob)
@@ -82,7 +83,7 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=300):
         acc_k, acc_t = float((k_pred == y[te]).mean()), float((t_pred == y[te]).mean())
         v_probs = clf.predict(X[va])
         entry = dict(name=name, file=name + ".tflite", family=family, quantization=q,
-                     view=zoo.view_of(family), classes=res["classes"], params=res["params"],
+                     view=zoo.view_of(family), classes=res["classes"], params=res["params"], budget=res["budget"],
                      bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest(),
                      input_dtype=str(clf.input_dtype), reject_threshold=calibrate_threshold(v_probs, y[va]),
                      keras_agreement=agree, keras_accuracy=acc_k, accuracy_loss=acc_k - acc_t,
@@ -108,7 +109,8 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=300):
                                                       p50_us=figs["p50_us"], p99_us=figs["p99_us"],
                                                       peak_memory_bytes=bm.peak_memory(placed)), ship_dir)
             registry.set_meta(ship_dir, cpu=cpu_model())
-            _save_keras(model, os.path.join(ship_dir, "keras", name.rsplit("-", 1)[0] + ".keras"))
+            _save_keras(model, os.path.join(ship_dir, "keras", name + ".npz"))
+            _save_fixture(ship_dir, name, X[te[:FIXTURE_N]], t_probs[:FIXTURE_N], k_probs[:FIXTURE_N])
         out.append((entry, ship))
     return out
 
@@ -127,17 +129,27 @@ def _siblings(run_dir, res):
     return out
 
 
+def _save_fixture(ship_dir, name, x, tflite_probs, keras_probs):
+    """models/shipped/fixtures.npz: per model, public test-split payloads and its outputs on them,
+    so tests can check each shipped .tflite without TensorFlow."""
+    path = os.path.join(ship_dir, "fixtures.npz")
+    d = dict(np.load(path)) if os.path.exists(path) else {}
+    d[f"x/{name}"], d[f"tflite/{name}"], d[f"keras/{name}"] = x, tflite_probs, keras_probs
+    np.savez_compressed(path, **d)
+
+
 def _save_keras(model, path):
-    """The Keras model without optimizer state, for `tc-daemon bench` (Keras predict beside TFLite)."""
-    import keras
+    """The Keras weights (float32 npz; zoo.build rebuilds the architecture), for `tc-daemon bench`:
+    Keras predict beside TFLite for the very same model."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    clone.save(path)
+    np.savez_compressed(path, *model.get_weights())
 
 
 def main(a):
     ds = dataset.load(a.dataset)
     ship_dir = a.ship or registry.SHIPPED_DIR
     for run in a.runs:
-        export_run(run, ds, [q.strip() for q in a.quant.split(",")], ship_dir)
+        done = export_run(run, ds, [q.strip() for q in a.quant.split(",")], ship_dir)
+        if a.fallback and not any(ship for _, ship in done):
+            print(f"  trying {a.fallback} instead")
+            export_run(run, ds, [a.fallback], ship_dir)

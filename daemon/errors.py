@@ -1,0 +1,11 @@
+"""Errors that reach the operator as one line (never a traceback), with their exit codes."""
+
+EX_CONFIG = 78  # sysexits EX_CONFIG: systemd's RestartPreventExitStatus= stops a restart loop on it
+
+
+class CliError(Exception):
+    """A one-line error for the operator; exit code attached."""
+
+    def __init__(self, msg: str, code: int = 1):
+        super().__init__(msg)
+        self.code = code

@@ -1,0 +1,132 @@
+"""The shipped models: manifest, sha256, reference outputs, and choosing by memory budget."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daemon import registry
+from daemon.classifier import Classifier, ModelError
+
+SHIPPED = registry.SHIPPED_DIR
+MANIFEST = registry.load_manifest()["models"]
+FIXTURES = np.load(os.path.join(SHIPPED, "fixtures.npz"))
+
+
+def test_manifest_fields():
+    need = {"name", "file", "family", "classes", "params", "bytes", "sha256", "quantization", "view",
+            "reject_threshold", "accuracy", "pps_batch1", "pps_batch64", "peak_memory_bytes"}
+    assert MANIFEST
+    for e in MANIFEST:
+        assert need <= set(e), need - set(e)
+        path = os.path.join(SHIPPED, e["file"])
+        blob = open(path, "rb").read()
+        assert len(blob) == e["bytes"] and hashlib.sha256(blob).hexdigest() == e["sha256"]
+        assert {"random", "flow", "capture"} <= set(e["accuracy"])
+
+
+def test_shipped_set_covers_budgets_and_families():
+    have = {(e["family"], e["quantization"]) for e in MANIFEST}
+    assert {("mlp", "int8"), ("lstm", "int8")} <= have
+    for fam in ("mlp", "lstm"):
+        params = sorted(e["params"] for e in MANIFEST if e["family"] == fam)
+        for target in (15_000, 100_000, 400_000, 1_000_000):
+            assert any(abs(p - target) <= 0.05 * target for p in params), (fam, target, params)
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=[e["name"] for e in MANIFEST])
+def test_tflite_matches_reference_outputs(entry):
+    clf = registry.open_model(entry)
+    x = FIXTURES["x/" + entry["name"]]
+    got = clf.predict(x)
+    ref = FIXTURES["tflite/" + entry["name"]]
+    # same file, same interpreter: equal up to one output quantum
+    np.testing.assert_allclose(got, ref, atol=(clf.out_scale or 1e-6) * 1.01 + 1e-6)
+    keras = FIXTURES["keras/" + entry["name"]]
+    assert (got.argmax(1) == keras.argmax(1)).mean() >= 0.9  # and close to the Keras original
+
+
+@pytest.mark.parametrize("entry", [e for e in MANIFEST if e["quantization"] == "int8"],
+                         ids=lambda e: e["name"])
+def test_int8_models_take_raw_bytes(entry):
+    clf = registry.open_model(entry)
+    assert clf.raw_bytes, "int8 input should be scale 1/255, zero point -128"
+
+
+def test_choose_most_accurate_that_fits():
+    best = registry.choose(MANIFEST)
+    assert registry.rank_accuracy(best) == max(registry.rank_accuracy(e) for e in MANIFEST)
+    small = min(MANIFEST, key=registry.memory_of)
+    pick = registry.choose(MANIFEST, registry.memory_of(small))
+    assert registry.memory_of(pick) <= registry.memory_of(small)
+    # exactly at a model's memory it fits; one byte less and it does not
+    for e in MANIFEST:
+        assert registry.memory_of(registry.choose(MANIFEST, registry.memory_of(e))) <= registry.memory_of(e)
+
+
+def test_budget_nothing_fits_names_smallest():
+    small = min(MANIFEST, key=registry.memory_of)
+    with pytest.raises(ModelError, match=small["name"]):
+        registry.choose(MANIFEST, registry.memory_of(small) - 1)
+
+
+def test_pps_floor():
+    fastest = max(MANIFEST, key=lambda e: e["pps_batch1"])
+    assert registry.choose(MANIFEST, None, fastest["pps_batch1"])["name"] == fastest["name"]
+    with pytest.raises(ModelError, match="packets/s"):
+        registry.choose(MANIFEST, None, fastest["pps_batch1"] * 10)
+
+
+@pytest.mark.parametrize("s,n", [("2MiB", 2 << 20), ("500k", 500_000), ("1.5MB", 1_500_000), (1024, 1024),
+                                 ("64KiB", 65536)])
+def test_parse_size(s, n):
+    assert registry.parse_size(s) == n
+
+
+def test_parse_size_rejects_nonsense():
+    with pytest.raises(ValueError):
+        registry.parse_size("lots")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], capture_output=True, text=True)
+
+
+def test_models_list_json_marks_default():
+    r = run_cli("models", "list", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert sum(r["default"] for r in rows) == 1
+    for row in rows:
+        assert {"name", "family", "classes", "params", "bytes", "default"} <= set(row)
+
+
+def test_models_list_budget_edges():
+    small = min(MANIFEST, key=registry.memory_of)
+    r = run_cli("models", "list", "--format", "json", "--memory-budget", str(registry.memory_of(small)))
+    rows = json.loads(r.stdout)
+    chosen = [x for x in rows if x["default"]]
+    assert r.returncode == 0 and len(chosen) == 1
+    r = run_cli("models", "list", "--memory-budget", "1k")
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and small["name"] in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_corrupt_and_mismatched_files(tmp_path):
+    e = dict(MANIFEST[0])
+    e["path"] = str(tmp_path / "missing.tflite")
+    with pytest.raises(ModelError, match="missing.tflite"):
+        registry.open_model(e)
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00garbage" * 100)
+    e["path"] = str(bad)
+    with pytest.raises(ModelError, match="sha256"):
+        registry.open_model(e)
+    e["sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()
+    with pytest.raises(ModelError, match="cannot load"):
+        registry.open_model(e)
+    with pytest.raises(ModelError):
+        Classifier(str(bad))
