@@ -7,6 +7,10 @@ interpreter thread by default: a second one gave nothing at batch 1 on a
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import numpy as np
 
 from .features import VIEWS, as_flat, model_input
@@ -14,6 +18,37 @@ from .features import VIEWS, as_flat, model_input
 
 class ModelError(Exception):
     """A model that cannot be used: missing, corrupt, or not what the manifest says."""
+
+
+_silenced_once = False
+
+
+@contextlib.contextmanager
+def _runtime_info_silenced():
+    """The TFLite C++ runtime writes "INFO: Created TensorFlow Lite XNNPACK delegate" straight to
+    fd 2 when an interpreter is built, which would land in every `classify` output and journal.
+    Point fd 2 at /dev/null for that moment only, and only the first time (the runtime says it
+    once per process), so a reload never hides another thread's log line; errors still arrive
+    as Python exceptions."""
+    global _silenced_once
+    if _silenced_once:
+        yield
+        return
+    _silenced_once = True
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def load_interpreter_class():
@@ -76,12 +111,13 @@ class Classifier:
         it = self._interps.get(batch)
         if it is None:
             Interpreter = load_interpreter_class()
-            it = Interpreter(model_content=self._content, num_threads=self.num_threads)
-            idx = it.get_input_details()[0]["index"]
-            shape = list(it.get_input_details()[0]["shape"])
-            shape[0] = batch
-            it.resize_tensor_input(idx, shape)
-            it.allocate_tensors()
+            with _runtime_info_silenced():
+                it = Interpreter(model_content=self._content, num_threads=self.num_threads)
+                idx = it.get_input_details()[0]["index"]
+                shape = list(it.get_input_details()[0]["shape"])
+                shape[0] = batch
+                it.resize_tensor_input(idx, shape)
+                it.allocate_tensors()
             it = (it, idx, it.get_output_details()[0]["index"])
             self._interps[batch] = it
         return it

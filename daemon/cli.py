@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("classify", help="classify captures offline with the same pipeline")
     c.add_argument("captures", nargs="*", help="pcap/pcapng files or folders (default: the bundled sample)")
-    c.add_argument("--mode", choices=["flow", "packet"], default="flow",
-                   help="flow: first k payload packets decide a flow (default); packet: every packet")
+    c.add_argument("--mode", choices=["flow", "packet"], default=None,
+                   help="flow: first k payload packets decide a flow (default, or pipeline.mode from --config); "
+                        "packet: every payload packet")
     c.add_argument("--output", choices=["flows", "packets", "summary"], default="summary")
     c.add_argument("--format", choices=["table", "jsonl", "csv"], default="table")
     c.add_argument("--model", help="model name from the manifest, or a .tflite path")
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     try:
         rc = a.func(a)
         return int(rc or 0)
-    except CliError as e:
+    except CliError as e:  # ConfigError included: a bad --config from any command exits 78
         print(f"tc-daemon: error: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:

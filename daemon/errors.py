@@ -9,3 +9,10 @@ class CliError(Exception):
     def __init__(self, msg: str, code: int = 1):
         super().__init__(msg)
         self.code = code
+
+
+class ConfigError(CliError):
+    """A config that cannot be used: one line naming the key; exit 78 from any command."""
+
+    def __init__(self, msg: str):
+        super().__init__(msg, EX_CONFIG)

@@ -1,0 +1,277 @@
+"""Live capture from a Linux interface: an AF_PACKET raw socket, standard library only.
+
+One socket per interface, read with recv_into into one preallocated buffer
+(the frame is a memoryview valid until the next read; the pipeline copies
+what it keeps). Options, each a setsockopt:
+- SO_RCVBUFFORCE (CAP_NET_ADMIN) or SO_RCVBUF: a large buffer for bursts;
+- PACKET_STATISTICS: kernel drops, which reset on every read, so they are
+  accumulated into tc_daemon_kernel_drops_total;
+- PACKET_IGNORE_OUTGOING: skip frames this host sends;
+- PACKET_ADD_MEMBERSHIP/PACKET_MR_PROMISC: promiscuous mode, undone by the
+  kernel when the socket closes;
+- SO_ATTACH_FILTER: a classic BPF program, attached before bind so no frame
+  slips through unfiltered;
+- PACKET_FANOUT (hash, defrag): several processes share one interface, both
+  directions of a flow going to the same one.
+
+The socket reads with a timeout so the loop sees stop flags. When the
+interface goes down or away, capture_up drops to 0, one line is logged, and
+the socket is reopened with backoff once the interface is back
+(capture_reopens_total counts it).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+
+from .. import metrics as M
+from ..packet import LINKTYPE_ETHERNET, LINKTYPE_RAW
+
+log = logging.getLogger("tc-daemon")
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_STATISTICS = 6
+PACKET_FANOUT = 18
+PACKET_IGNORE_OUTGOING = 23
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000  # reassemble IP fragments before hashing, so they go to one worker
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+IFF_UP = 0x1
+
+# ARPHRD_* -> what a SOCK_RAW read starts with
+_ETHERNET_LIKE = {1, 772}                 # ETHER, LOOPBACK (Linux gives loopback Ethernet framing)
+_RAW_IP = {65534, 512, 768, 769, 776, 778}  # NONE (tun, WireGuard), PPP, TUNNEL, TUNNEL6, SIT, IPGRE
+
+BUFFER = 256 * 1024  # > 64 KiB: GSO super-frames of local traffic can exceed any MTU
+STATS_EVERY = 1.0    # s between PACKET_STATISTICS reads and interface checks
+BACKOFF = (0.25, 5.0)
+
+
+class BpfError(Exception):
+    """A filter expression that cannot be compiled (one line)."""
+
+
+def linktype_of(interface: str) -> int:
+    try:
+        with open(f"/sys/class/net/{interface}/type") as f:
+            arphrd = int(f.read())
+    except (OSError, ValueError):
+        return LINKTYPE_ETHERNET
+    if arphrd in _RAW_IP:
+        return LINKTYPE_RAW
+    if arphrd not in _ETHERNET_LIKE:
+        log.warning("%s: link type ARPHRD %d unknown; reading its frames as Ethernet", interface, arphrd)
+    return LINKTYPE_ETHERNET
+
+
+def interface_up(interface: str) -> bool:
+    try:
+        with open(f"/sys/class/net/{interface}/flags") as f:
+            return bool(int(f.read(), 16) & IFF_UP)
+    except (OSError, ValueError):
+        return False
+
+
+def compile_bpf(expr, linktype: int = LINKTYPE_ETHERNET):
+    """A list of (code, jt, jf, k): given as such, or compiled from a tcpdump expression with `tcpdump -ddd`.
+
+    Compiled for the link type, not a live interface: libpcap's Linux-only
+    extensions (e.g. `vlan` matching tags the kernel already stripped) do not apply.
+    """
+    if expr is None:
+        return None
+    if not isinstance(expr, str):
+        return [tuple(int(x) for x in i) for i in expr]
+    exe = shutil.which("tcpdump") or next((p for p in ("/usr/sbin/tcpdump", "/usr/bin/tcpdump")
+                                           if os.path.exists(p)), None)
+    if not exe:
+        raise BpfError("capture.bpf_filter: a filter expression needs tcpdump to compile it (not installed); "
+                       "install tcpdump or give the output of `tcpdump -ddd EXPR` as a list")
+    dlt = "EN10MB" if linktype == LINKTYPE_ETHERNET else "RAW"
+    try:
+        r = subprocess.run([exe, "-ddd", "-y", dlt, expr], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BpfError(f"capture.bpf_filter: cannot run tcpdump: {e}") from None
+    lines = r.stdout.split()
+    if r.returncode != 0 or not lines:
+        msg = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BpfError(f"capture.bpf_filter: tcpdump cannot compile {expr!r}: {msg}")
+    n = int(lines[0])
+    nums = [int(x) for x in lines[1:]]
+    if len(nums) != 4 * n:
+        raise BpfError(f"capture.bpf_filter: unexpected tcpdump -ddd output for {expr!r}")
+    return [tuple(nums[i:i + 4]) for i in range(0, len(nums), 4)]
+
+
+def attach_bpf(sock, program):
+    """SO_ATTACH_FILTER: struct sock_fprog {unsigned short len; struct sock_filter *filter;}."""
+    insns = b"".join(struct.pack("HBBI", c, jt, jf, k) for c, jt, jf, k in program)
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it: buf may go
+
+
+class AfPacketSource:
+    """Frames from one interface: iterate for (linktype, monotonic ts, frame) or None on idle."""
+    live = True
+    finite = False
+
+    def __init__(self, interface: str, promiscuous: bool = False, ignore_outgoing: bool = False,
+                 rcvbuf_bytes: int = 4 << 20, bpf=None, fanout_group=None, timeout: float = 0.25):
+        self.name = self.interface = interface
+        self.promiscuous, self.ignore_outgoing = promiscuous, ignore_outgoing
+        self.rcvbuf_bytes, self.bpf, self.fanout_group, self.timeout = rcvbuf_bytes, bpf, fanout_group, timeout
+        self._buf = bytearray(BUFFER)
+        self._view = memoryview(self._buf)
+        self.sock = None
+        self.ifindex = None
+        self.linktype = LINKTYPE_ETHERNET
+        self.kernel_drops = 0
+        self.kernel_packets = 0
+        self.reopens = 0
+        self.rcvbuf = 0
+        self._filter_outgoing = False
+        self._closed = False
+        self._up = M.CAPTURE_UP.labels(interface)
+        self._drops = M.KERNEL_DROPS.labels(interface)
+        self._reopens = M.CAPTURE_REOPENS.labels(interface)
+
+    def open(self):
+        """Open and bind the socket. OSError (e.g. ENODEV, EPERM) if it cannot be."""
+        ifindex = socket.if_nametoindex(self.interface)  # OSError ENODEV if absent
+        linktype = linktype_of(self.interface)
+        program = compile_bpf(self.bpf, linktype) if isinstance(self.bpf, str) else self.bpf
+        # protocol 0: nothing is queued until bind, so options apply to every frame we read
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf_bytes)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf_bytes)
+            self.rcvbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if program:
+                attach_bpf(s, program)
+            self._filter_outgoing = False
+            if self.ignore_outgoing:
+                try:
+                    s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                except OSError:  # kernels before 4.20: filter on the packet type instead
+                    self._filter_outgoing = True
+            s.bind((self.interface, ETH_P_ALL))
+            if self.promiscuous:
+                s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC,
+                                                                            0, b""))
+            if self.fanout_group is not None:
+                mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", self.fanout_group | (mode << 16)))
+            s.settimeout(self.timeout)
+        except OSError:
+            s.close()
+            raise
+        self.sock, self.ifindex, self.linktype = s, ifindex, linktype
+        self._up.set(1)
+
+    def read_stats(self):
+        """Accumulate PACKET_STATISTICS (the kernel resets them on each read)."""
+        if self.sock is None:
+            return
+        try:
+            packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        except OSError:
+            return
+        self.kernel_packets += packets
+        if drops:
+            self.kernel_drops += drops
+            self._drops.inc(drops)
+
+    def _still_there(self) -> bool:
+        try:
+            return socket.if_nametoindex(self.interface) == self.ifindex and interface_up(self.interface)
+        except OSError:
+            return False
+
+    def _lost(self, why: str):
+        self.read_stats()
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self._up.set(0)
+        log.warning("capture on %s lost (%s); reopening when it is back", self.interface, why)
+
+    def __iter__(self):
+        view, buf = self._view, self._buf
+        mono = time.monotonic
+        next_check = mono() + STATS_EVERY
+        delay = BACKOFF[0]
+        was_open = self.sock is not None
+        while not self._closed:
+            if self.sock is None:
+                try:
+                    if not interface_up(self.interface):
+                        raise OSError(errno.ENETDOWN, "interface down or absent")
+                    self.open()
+                except OSError as e:
+                    if e.errno in (errno.EPERM, errno.EACCES):
+                        raise  # no CAP_NET_RAW: retrying cannot help
+                    end = mono() + delay
+                    delay = min(delay * 2, BACKOFF[1])
+                    while mono() < end and not self._closed:
+                        time.sleep(min(self.timeout, max(0.0, end - mono())))
+                        yield None
+                    continue
+                delay = BACKOFF[0]
+                if was_open:
+                    self.reopens += 1
+                    self._reopens.inc()
+                    log.info("capture on %s reopened", self.interface)
+                was_open = True
+                next_check = mono() + STATS_EVERY
+            sock = self.sock
+            try:
+                if self._filter_outgoing:
+                    n, addr = sock.recvfrom_into(buf, 0, socket.MSG_TRUNC)
+                    if addr[2] == PACKET_OUTGOING:
+                        continue
+                else:
+                    n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
+            except socket.timeout:
+                now = mono()
+                if now >= next_check:
+                    next_check = now + STATS_EVERY
+                    self.read_stats()
+                    if not self._still_there():
+                        self._lost("interface down or gone")
+                yield None
+                continue
+            except OSError as e:
+                if self._closed:
+                    return
+                self._lost(os.strerror(e.errno) if e.errno else str(e))
+                continue
+            now = mono()
+            if now >= next_check:  # a busy interface never times out: check on the way
+                next_check = now + STATS_EVERY
+                self.read_stats()
+                if not self._still_there():
+                    self._lost("interface down or gone")
+            yield self.linktype, now, view[:min(n, BUFFER)]
+
+    def close(self):
+        self._closed = True
+        if self.sock is not None:
+            self.read_stats()
+            self.sock.close()
+            self.sock = None
+        self._up.set(0)

@@ -1,0 +1,159 @@
+"""Every Prometheus metric of the daemon, declared once, and the /metrics server.
+
+A dedicated registry (not prometheus_client's global one) so that only these
+series are exported. Label values come only from the model's class list plus
+'other', and from the fixed enums below (directions, drop and skip reasons)
+or the configured interface names: never addresses. `init_*` creates every
+label combination at 0, so series exist from the first scrape and rate()
+works from the first packet.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import socketserver
+import ssl
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
+                               make_wsgi_app, start_http_server)
+
+from . import __version__
+from .packet import SKIP_REASONS
+
+disable_created_metrics()  # *_created series double the series count for nothing we graph
+
+OTHER = "other"
+DIRECTIONS = ("c2s", "s2c")  # client-to-server = the direction of the flow's first packet
+DROP_REASONS = (
+    "queue_full",   # the classifier queue was full: the packet skipped the model (it is still counted)
+    "model_error",  # inference raised: the batch's packets skipped the model
+    "shutdown",     # still queued when the drain deadline passed at exit
+)
+# 1 us .. 10 s, 1-2.5-5 per decade
+LATENCY_BUCKETS = tuple(m * 10.0 ** e for e in range(-6, 1) for m in (1, 2.5, 5)) + (10.0,)
+BATCH_BUCKETS = tuple(2 ** i for i in range(11))  # 1 .. 1024
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+PACKETS = Counter("tc_daemon_packets", "IP packets by decided class and direction (c2s = direction of the "
+                  "flow's first packet); a flow's packets are counted when its decision is made",
+                  ["class", "direction"], registry=REGISTRY)
+BYTES = Counter("tc_daemon_bytes", "IP bytes (IP header included, as captured) by class and direction",
+                ["class", "direction"], registry=REGISTRY)
+FLOWS = Counter("tc_daemon_flows", "Flows by decided class", ["class"], registry=REGISTRY)
+DECISION_LATENCY = Histogram("tc_daemon_decision_latency_seconds", "Capture to class known, for each packet "
+                             "that went through the model", buckets=LATENCY_BUCKETS, registry=REGISTRY)
+INFERENCE_LATENCY = Histogram("tc_daemon_inference_latency_seconds", "Feature extraction and model run, per batch",
+                              buckets=LATENCY_BUCKETS, registry=REGISTRY)
+BATCH_SIZE = Histogram("tc_daemon_batch_size", "Packets per model run", buckets=BATCH_BUCKETS, registry=REGISTRY)
+DROPPED = Counter("tc_daemon_dropped_packets", "Packets that skipped the model, by reason (they are still "
+                  "counted under their flow's class)", ["reason"], registry=REGISTRY)
+SKIPPED = Counter("tc_daemon_skipped_packets", "Frames not classified because they are not usable IP, by reason",
+                  ["reason"], registry=REGISTRY)
+KERNEL_DROPS = Counter("tc_daemon_kernel_drops", "Frames the kernel dropped before the daemon read them "
+                       "(PACKET_STATISTICS)", ["interface"], registry=REGISTRY)
+CAPTURED = Counter("tc_daemon_captured_packets", "Frames read from each capture source", ["interface"],
+                   registry=REGISTRY)
+FLOW_TABLE = Gauge("tc_daemon_flow_table_entries", "Flows in the flow table", registry=REGISTRY)
+MODEL_INFO = Gauge("tc_daemon_model_info", "The model in use (value 1)",
+                   ["name", "family", "params", "classes", "quantization"], registry=REGISTRY)
+BUILD_INFO = Gauge("tc_daemon_build_info", "tc-daemon version (value 1)", ["version"], registry=REGISTRY)
+LAST_RELOAD = Gauge("tc_daemon_last_reload_timestamp_seconds", "Unix time of the last config/model load "
+                    "(the start counts as one)", registry=REGISTRY)
+LAST_RELOAD_OK = Gauge("tc_daemon_last_reload_success", "1 if the last load succeeded, 0 if the old model and "
+                       "config stayed in use", registry=REGISTRY)
+CAPTURE_UP = Gauge("tc_daemon_capture_up", "1 while the capture on this interface is open", ["interface"],
+                   registry=REGISTRY)
+CAPTURE_REOPENS = Counter("tc_daemon_capture_reopens", "Times a capture was reopened after its interface went "
+                          "away or down", ["interface"], registry=REGISTRY)
+
+BUILD_INFO.labels(__version__).set(1)
+for _r in DROP_REASONS:
+    DROPPED.labels(_r)
+for _r in SKIP_REASONS:
+    SKIPPED.labels(_r)
+_model_labels = None
+
+
+def init_model(entry: dict):
+    """Class series at 0 and model_info for a (new) model; older classes' series stay."""
+    global _model_labels
+    classes = list(entry["classes"]) + [OTHER]
+    for c in classes:
+        FLOWS.labels(c)
+        for d in DIRECTIONS:
+            PACKETS.labels(c, d)
+            BYTES.labels(c, d)
+    labels = (str(entry.get("name", "?")), str(entry.get("family", "?")), str(entry.get("params", 0)),
+              ",".join(entry["classes"]), str(entry.get("quantization", "?")))
+    if _model_labels and _model_labels != labels:
+        MODEL_INFO.remove(*_model_labels)
+    MODEL_INFO.labels(*labels).set(1)
+    _model_labels = labels
+
+
+def init_interface(name: str):
+    CAPTURED.labels(name)
+    KERNEL_DROPS.labels(name)
+    CAPTURE_REOPENS.labels(name)
+    CAPTURE_UP.labels(name).set(0)
+
+
+# --- the /metrics endpoint ----------------------------------------------------------
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, *args):  # no access log: one line per scrape would flood the journal
+        pass
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _basic_auth(app, username: str, password_sha256: str):
+    want_user, want_pw = username.encode(), bytes.fromhex(password_sha256)
+
+    def guarded(environ, start_response):
+        ok = False
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if header.startswith("Basic "):
+            try:
+                user, _, pw = base64.b64decode(header[6:], validate=True).partition(b":")
+                ok = hmac.compare_digest(user, want_user) & hmac.compare_digest(
+                    hashlib.sha256(pw).digest(), want_pw)
+            except ValueError:
+                ok = False
+        if not ok:
+            start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="tc-daemon"'),
+                                                ("Content-Type", "text/plain")])
+            return [b"unauthorized\n"]
+        return app(environ, start_response)
+    return guarded
+
+
+def serve(host: str, port: int, cert_file=None, key_file=None, username=None, password_sha256=None):
+    """Start /metrics in a daemon thread; returns an object with shutdown(). OSError if the port is taken.
+
+    Without basic auth this is prometheus_client's own start_http_server (TLS
+    through its certfile/keyfile); with it, the same WSGI app behind a check.
+    """
+    if not username:
+        httpd, _ = start_http_server(port, addr=host, registry=REGISTRY, certfile=cert_file, keyfile=key_file)
+        return httpd
+    app = _basic_auth(make_wsgi_app(REGISTRY), username, password_sha256)
+    server_cls = _ThreadingServer
+    if ":" in host:
+        import socket
+
+        class server_cls(_ThreadingServer):  # noqa: N801
+            address_family = socket.AF_INET6
+    httpd = make_server(host, port, app, server_cls, handler_class=_Quiet)
+    if cert_file:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_file, key_file)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()
+    return httpd

@@ -1,0 +1,483 @@
+"""Frames -> flows -> model -> decisions -> counts: one pipeline for `run` and `classify`.
+
+    capture thread(s)                          classifier thread
+    frame -> decode -> flow table --(bounded queue)--> payload_bytes -> TFLite
+          decided flow: count now                      -> per-flow decision -> count
+
+`Pipeline(source=..., model=..., config=...)` is the one front door (as
+nfstream's NFStreamer): a capture file is read in this thread, model batches
+run inline, and iterating the pipeline yields finished flows; live sources
+(AF_PACKET, replay, pyshark) get a capture thread each and a classifier thread
+behind a bounded queue (`start()` / `stop()`). Scheduling is all that differs:
+decisions come from the same methods, so `classify` on a capture and `run` on
+its replay count the same packets under the same classes (unless the queue
+overflowed, which the metrics say).
+
+Decision rules (flow mode, the default):
+- the first k payload packets of a flow (k = pipeline.flow_packets) go to the
+  model; the flow's class is the argmax of their mean probabilities and its
+  confidence that mean's maximum; under the reject threshold it is 'other';
+- a flow that ends (idle/active timeout, LRU eviction, end of capture,
+  shutdown) with fewer than k scored packets is decided on those it has; one
+  that never had a payload packet the model saw (bare SYN/ACK scans, ICMP
+  without data, ...) is 'other' with confidence 0;
+- packets of an undecided flow are kept as per-direction counts (not packets)
+  and counted under the class when the decision is made; later packets are
+  counted at once, without the model.
+
+Packet mode: every payload packet gets its own class (argmax, 'other' under
+the threshold); a packet without payload (or one dropped from the queue) is
+counted under the class of its flow's latest payload packet before it, or
+'other' if the flow had none. A flow's class (flows_total, `--output flows`)
+is then the argmax of the mean over all its scored packets.
+
+Packets a full queue keeps from the model are still counted (under their
+flow's class): tc_daemon_dropped_packets_total{reason="queue_full"} says how
+many decisions were made on fewer packets, not how many went uncounted.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from contextlib import nullcontext
+from itertools import repeat
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import metrics as M
+from .capture.pcapfile import PcapReader
+from .features import N_BYTES, payload_bytes
+from .flows import FlowTable, flow_key
+from .packet import SKIP_REASONS, decode
+
+log = logging.getLogger("tc-daemon")
+
+
+class _State:
+    """Per-flow bookkeeping beside flows.Flow: pending counts and queue membership."""
+    __slots__ = ("pkts", "nbytes", "queued", "inflight", "ended", "last", "last_class", "last_conf")
+
+    def __init__(self):
+        self.pkts = [0, 0]      # packets per direction not yet counted (flow mode, undecided)
+        self.nbytes = [0, 0]
+        self.queued = 0         # packets sent to the queue
+        self.inflight = 0       # of those, not yet scored
+        self.ended = False      # the flow table let go of it while packets were in flight
+        self.last = None        # packet mode: the flow's latest queued entry while in flight
+        self.last_class = -1    # packet mode: class of the flow's latest scored packet
+        self.last_conf = 0.0
+
+
+class _Entry:
+    """A packet waiting for the model: a copy of its IP payload, not the frame."""
+    __slots__ = ("flow", "state", "data", "t_cap", "d", "nbytes", "trail", "cls", "conf")
+
+    def __init__(self, flow, state, data, t_cap, d, nbytes):
+        self.flow, self.state, self.data, self.t_cap, self.d, self.nbytes = flow, state, data, t_cap, d, nbytes
+        self.trail = None       # packet mode: [pkts c2s, pkts s2c, bytes c2s, bytes s2c] counted with it
+        self.cls, self.conf = -1, 0.0
+
+
+class Pipeline:
+    def __init__(self, source=None, model=None, config=None, on_flow: Optional[Callable] = None,
+                 record: Optional[Callable] = None, threaded: Optional[bool] = None):
+        """`source`: a capture path, a live source object, or a list of live sources.
+        `model`: a daemon.model.LoadedModel (default: chosen from `config`).
+        `on_flow(flow)`: called once per finished, decided flow.
+        `record(index, flow, direction, nbytes, ref)`: per decoded packet (offline `--output packets`)."""
+        from . import config as cfgmod
+        from . import model as modelmod
+        self.config = config or cfgmod.Config()
+        pc = self.config.pipeline
+        self.model = model or modelmod.from_config(self.config)
+        if isinstance(source, str):
+            self.sources = [source]
+            self.threaded = False if threaded is None else threaded
+        else:
+            self.sources = list(source) if isinstance(source, (list, tuple)) else ([source] if source else [])
+            self.threaded = True if threaded is None else threaded
+        self.on_flow, self.record = on_flow, record
+        self.packet_mode = pc.mode == "packet"
+        self.table = FlowTable(pc.max_flows, pc.idle_timeout, pc.active_timeout, on_expire=self._ended)
+        self._states = {}
+        self._queue = deque()
+        self._configure(pc)
+        self._lock = threading.Lock() if self.threaded else nullcontext()
+        self._model_lock = threading.Lock() if self.threaded else nullcontext()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads = []
+        self._classifier = None
+        self._stop_classifier = False
+        self.tally = {}
+        self.heartbeat = time.monotonic()
+        self.reader_errors = None
+        self.capture_failed = False
+        self.captured = {}   # source name -> frames read (for STATUS=)
+        self.dropped = 0     # packets that skipped the model, all reasons
+        self._skip = [M.SKIPPED.labels(r) for r in SKIP_REASONS]
+        self._queue_full = M.DROPPED.labels("queue_full")
+        self._set_classes(self.model)
+        M.FLOW_TABLE.set_function(lambda: len(self.table))
+
+    # --- configuration and model ------------------------------------------------------
+
+    def _configure(self, pc):
+        self.k = pc.flow_packets
+        self.batch_size = pc.batch_size
+        self.batch_timeout = pc.batch_timeout_ms / 1000.0
+        self.queue_cap = pc.queue_packets
+        self._x = np.zeros((self.batch_size, N_BYTES), np.uint8)  # reused by every batch
+
+    def _set_classes(self, model):
+        names = model.classes + [M.OTHER]
+        M.init_model(model.entry)
+        self.class_names = names
+        self.other = len(names) - 1
+        self.threshold = model.threshold
+        self._pk = [[M.PACKETS.labels(c, d) for d in M.DIRECTIONS] for c in names]
+        self._by = [[M.BYTES.labels(c, d) for d in M.DIRECTIONS] for c in names]
+        self._fl = [M.FLOWS.labels(c) for c in names]
+        # the same counts as plain numbers (for `classify`'s summary): packets c2s, s2c, bytes c2s, s2c, flows
+        self._tally = [self.tally.setdefault(c, [0, 0, 0, 0, 0]) for c in names]
+
+    def set_model(self, model, pipeline_config=None):
+        """Swap in a new model (and pipeline settings) between two batches (SIGHUP reload)."""
+        with self._model_lock, self._lock:
+            old_names = self.class_names
+            self.model = model
+            self._set_classes(model)
+            if pipeline_config is not None:
+                pc = pipeline_config
+                if (pc.mode == "packet") != self.packet_mode:
+                    log.warning("pipeline.mode changed: takes effect at the next restart")
+                self._configure(pc)
+                self.table.max_flows, self.table.idle_timeout = pc.max_flows, pc.idle_timeout
+                self.table.active_timeout = pc.active_timeout
+            if old_names != self.class_names:
+                # decided flows keep their class by name; unknown to the new model: 'other'.
+                # Half-scored flows start over: old probabilities do not add to new ones.
+                where = {c: i for i, c in enumerate(self.class_names)}
+                remap = [where.get(c, self.other) for c in old_names]
+                for f in self.table.values():
+                    if f.label >= 0:
+                        f.label = remap[f.label]
+                    else:
+                        f.prob_sum, f.scored = None, 0
+                for st in self._states.values():
+                    if st.last_class >= 0:
+                        st.last_class = remap[st.last_class]
+
+    def class_name(self, index: int) -> Optional[str]:
+        return self.class_names[index] if index >= 0 else None
+
+    # --- per packet (capture thread, or the caller's thread offline) ------------------
+
+    def _count(self, c, d, pkts, nbytes):
+        if pkts:
+            self._pk[c][d].inc(pkts)
+            self._by[c][d].inc(nbytes)
+            t = self._tally[c]
+            t[d] += pkts
+            t[2 + d] += nbytes
+
+    def _packet(self, linktype, ts, frame, t_cap, index=-1):
+        r = decode(linktype, frame)
+        if r.__class__ is int:
+            self._skip[-r - 1].inc()
+            return
+        _v, proto, src, dst, sport, dport, ip_off, l4_off, l4_end, data_off = r
+        key, rev = flow_key(proto, src, sport, dst, dport)
+        nbytes = l4_end - ip_off
+        flow, c2s = self.table.get(key, rev, ts)
+        d = 0 if c2s else 1
+        flow.packets += 1
+        flow.bytes += nbytes
+        payload = data_off < l4_end  # the dataset's definition of a payload packet
+        st = self._states.get(flow.id)
+        ref = None
+        if not self.packet_mode:
+            if flow.label >= 0:
+                self._count(flow.label, d, 1, nbytes)
+            else:
+                if st is None:
+                    st = self._states[flow.id] = _State()
+                st.pkts[d] += 1
+                st.nbytes[d] += nbytes
+                if payload and st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap,
+                                                                    d, nbytes):
+                    st.queued += 1
+        else:
+            if st is None:
+                st = self._states[flow.id] = _State()
+            e = self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes) if payload else None
+            if e is not None:
+                st.last = ref = e
+            elif st.last is not None:  # its class is that of the payload packet before it, still in flight
+                ref = st.last
+                t = ref.trail or [0, 0, 0, 0]
+                t[d] += 1
+                t[2 + d] += nbytes
+                ref.trail = t
+            else:
+                c = st.last_class if st.last_class >= 0 else self.other
+                self._count(c, d, 1, nbytes)
+                ref = (c, st.last_conf)
+        if self.record is not None:
+            self.record(index, flow, d, nbytes, ref)
+
+    def _enqueue(self, flow, st, frame, l4_off, l4_end, t_cap, d, nbytes):
+        q = self._queue
+        if len(q) >= self.queue_cap:
+            self._queue_full.inc()
+            self.dropped += 1
+            return None
+        e = _Entry(flow, st, bytes(frame[l4_off:min(l4_end, l4_off + N_BYTES)]), t_cap, d, nbytes)
+        st.inflight += 1
+        q.append(e)
+        if self.threaded and (len(q) == 1 or len(q) >= self.batch_size):
+            self._wake.set()
+        return e
+
+    # --- decisions (classifier thread, or inline offline) -----------------------------
+
+    def _classify_batch(self) -> int:
+        q = self._queue
+        n = min(len(q), self.batch_size)
+        if not n:
+            return 0
+        items = [q.popleft() for _ in range(n)]
+        with self._model_lock:
+            t0 = time.monotonic()
+            try:
+                x = payload_bytes([e.data for e in items], repeat(0), out=self._x)
+                probs = self.model.classifier.predict(x)
+            except Exception as err:  # a model that fails must not take the capture down with it
+                log.error("inference failed on a batch of %d: %s", n, str(err).splitlines()[0] if str(err) else
+                          type(err).__name__)
+                M.DROPPED.labels("model_error").inc(n)
+                self.dropped += n
+                probs = None
+            else:
+                M.INFERENCE_LATENCY.observe(time.monotonic() - t0)
+                M.BATCH_SIZE.observe(n)
+            with self._lock:
+                self._apply(items, probs)
+        return n
+
+    def _apply(self, items, probs):
+        now = time.monotonic()
+        thr, other, k = self.threshold, self.other, self.k
+        for i, e in enumerate(items):
+            flow, st = e.flow, e.state
+            st.inflight -= 1
+            if probs is not None:
+                p = probs[i]
+                if flow.prob_sum is None:
+                    flow.prob_sum = p.astype(np.float64)
+                else:
+                    flow.prob_sum += p
+                flow.scored += 1
+                M.DECISION_LATENCY.observe(now - e.t_cap)
+            if not self.packet_mode:
+                if flow.label < 0 and st.inflight == 0 and (st.queued >= k or st.ended):
+                    self._decide(flow, st)
+                continue
+            if probs is not None:
+                c = int(p.argmax())
+                conf = float(p[c])
+                if conf < thr:
+                    c = other
+            else:
+                c, conf = other, 0.0
+            e.cls, e.conf = c, conf
+            self._count(c, e.d, 1, e.nbytes)
+            if e.trail:
+                t = e.trail
+                self._count(c, 0, t[0], t[2])
+                self._count(c, 1, t[1], t[3])
+            st.last_class, st.last_conf = c, conf
+            if st.last is e:
+                st.last = None
+            if st.ended and st.inflight == 0:
+                self._decide(flow, st)
+
+    def _decide(self, flow, st):
+        """The flow's class from its scored packets; count what waited for it."""
+        if flow.scored:
+            mean = flow.prob_sum / flow.scored
+            c = int(mean.argmax())
+            conf = float(mean[c])
+            if conf < self.threshold:
+                c = self.other
+        else:
+            c, conf = self.other, 0.0
+        flow.label, flow.confidence = c, conf
+        if not self.packet_mode:
+            self._count(c, 0, st.pkts[0], st.nbytes[0])
+            self._count(c, 1, st.pkts[1], st.nbytes[1])
+        self._fl[c].inc()
+        self._tally[c][4] += 1
+        if st.ended or self.packet_mode:
+            self._states.pop(flow.id, None)
+            if self.on_flow is not None:
+                self.on_flow(flow)
+        else:
+            del self._states[flow.id]
+
+    def _ended(self, flow):
+        """The flow table let go of a flow (timeout, eviction, drain)."""
+        st = self._states.get(flow.id)
+        if flow.label >= 0 and not self.packet_mode:
+            if self.on_flow is not None:
+                self.on_flow(flow)
+            return
+        if st is None:  # cannot happen: every counted flow has state until decided
+            st = _State()
+        st.ended = True
+        if st.inflight == 0:
+            self._decide(flow, st)
+        # else: the classifier decides it when its last packet is scored
+
+    # --- offline: a capture file in this thread ---------------------------------------
+
+    def run_file(self, path: str):
+        """Classify one capture; flows end with it. CaptureError if it cannot be read at all."""
+        with PcapReader(path) as reader:
+            self.reader_errors = reader.errors
+            packet, classify, q, b = self._packet, self._classify_batch, self._queue, self.batch_size
+            mono = time.monotonic
+            for i, (lt, ts, frame) in enumerate(reader):
+                packet(lt, ts, frame, mono(), i)
+                if len(q) >= b:
+                    classify()
+            self.finish()
+
+    def finish(self):
+        """Score what is queued, then end every flow (end of a capture, or shutdown)."""
+        while self._queue:
+            self._classify_batch()
+        with self._lock:
+            self.table.drain()
+
+    def __iter__(self):
+        """Offline: finished flows (flows.Flow with label/confidence), capture by capture."""
+        done = []
+        self.on_flow = done.append
+        for path in self.sources:
+            with PcapReader(path) as reader:
+                self.reader_errors = reader.errors
+                for i, (lt, ts, frame) in enumerate(reader):
+                    self._packet(lt, ts, frame, time.monotonic(), i)
+                    if len(self._queue) >= self.batch_size:
+                        self._classify_batch()
+                    if done:
+                        yield from done
+                        done.clear()
+                self.finish()
+                yield from done
+                done.clear()
+
+    # --- live: threads ------------------------------------------------------------------
+
+    def start(self):
+        self._classifier = threading.Thread(target=self._classifier_loop, name="classifier", daemon=True)
+        self._classifier.start()
+        for src in self.sources:
+            t = threading.Thread(target=self._capture_loop, args=(src,), name=f"capture-{src.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _capture_loop(self, src):
+        captured, counts, name = M.CAPTURED.labels(src.name), self.captured, src.name
+        packet, lock, stop, mono = self._packet, self._lock, self._stop, time.monotonic
+        n = counts.get(name, 0)
+        try:
+            for rec in src:
+                if stop.is_set():
+                    break
+                if rec is None:
+                    continue
+                lt, ts, frame = rec
+                captured.inc()
+                n += 1
+                counts[name] = n
+                with lock:
+                    packet(lt, ts, frame, mono())
+        except Exception as err:  # a capture bug must be loud, once, and not kill the daemon silently
+            log.error("capture on %s stopped: %s: %s", src.name, type(err).__name__, err)
+            self.capture_failed = True
+            return
+        finally:
+            close = getattr(src, "close", None)
+            if close:
+                close()
+        if getattr(src, "finite", False) and not stop.is_set():
+            log.info("%s: end of capture; all its flows ended", src.name)
+            self.end_flows()
+
+    def end_flows(self):
+        """End every flow now (the classifier decides those with packets in flight)."""
+        with self._lock:
+            self.table.drain()
+
+    def _classifier_loop(self):
+        q, wake, mono = self._queue, self._wake, time.monotonic
+        while not self._stop_classifier:
+            self.heartbeat = mono()
+            if not q:
+                wake.wait(0.5)
+                wake.clear()
+                continue
+            deadline = q[0].t_cap + self.batch_timeout
+            while len(q) < self.batch_size:
+                rem = deadline - mono()
+                if rem <= 0:
+                    break
+                wake.wait(rem)
+                wake.clear()
+            self._classify_batch()
+
+    def tick(self, now: Optional[float] = None):
+        """Main-loop housekeeping: end idle flows."""
+        with self._lock:
+            self.table.expire_idle(time.monotonic() if now is None else now)
+
+    def alive(self, max_age: float) -> bool:
+        """False when the classifier thread has not looped for max_age seconds (for the watchdog)."""
+        return self._classifier is None or (self._classifier.is_alive()
+                                            and time.monotonic() - self.heartbeat < max_age)
+
+    def stop(self, drain_seconds: float = 5.0):
+        """Stop capture, classify what is queued (within drain_seconds), end all flows."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        deadline = time.monotonic() + drain_seconds
+        self._stop_classifier = True
+        self._wake.set()
+        if self._classifier is not None:
+            self._classifier.join(timeout=drain_seconds)
+        while self._queue and time.monotonic() < deadline:
+            self._classify_batch()
+        if self._queue:
+            items = list(self._queue)
+            self._queue.clear()
+            M.DROPPED.labels("shutdown").inc(len(items))
+            self.dropped += len(items)
+            with self._lock:
+                self._apply(items, None)
+        with self._lock:
+            self.table.drain()
+
+    def queued(self) -> int:
+        return len(self._queue)
+
+
+def cli_classify(a):
+    """`tc-daemon classify` (daemon/classify.py holds the output side)."""
+    from . import classify
+    return classify.main(a)

@@ -1,0 +1,215 @@
+"""The pipeline on real captures with a real TFLite model: classify's outputs, decisions, live == offline."""
+import json
+import os
+from collections import Counter, defaultdict
+
+import pytest
+
+from daemon import config as C
+from daemon import model as modelmod
+from daemon.capture.pcapfile import PcapReader
+from daemon.capture.replay import ReplaySource
+from daemon.packet import decode
+from daemon.pipeline import Pipeline
+from tests.daemon_proc import ROOT, SAMPLES, error_lines, models_dir, run_cli
+
+SAMPLE_FILES = sorted(os.path.join(SAMPLES, f) for f in os.listdir(SAMPLES) if f.endswith(".pcap"))
+DNS = os.path.join(SAMPLES, "googledns_android10.pcap")  # TCP, UDP and ICMP
+TEST_DATA = os.path.join(ROOT, "tests", "data")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return modelmod.load(directory=models_dir())
+
+
+def jsonl(*args):
+    r = run_cli("classify", *args, "--format", "jsonl")
+    assert r.returncode == 0 and not error_lines(r.stderr), r.stderr
+    return [json.loads(l) for l in r.stdout.splitlines()]
+
+
+def decodable(path):
+    """(frames, usable IP packets) of a capture."""
+    n = ok = 0
+    with PcapReader(path) as r:
+        for lt, _, fr in r:
+            n += 1
+            ok += not isinstance(decode(lt, fr), int)
+    return n, ok
+
+
+def offline(path, model, cfg=None, **kw):
+    flows = []
+    p = Pipeline(source=[], model=model, config=cfg or C.Config(), threaded=False, on_flow=flows.append, **kw)
+    p.run_file(path)
+    return p, flows
+
+
+def test_flows_jsonl_shape():
+    rows = jsonl(DNS, "--output", "flows")
+    assert rows
+    for r in rows:
+        assert list(r) == ["file", "proto", "src", "sport", "dst", "dport", "packets", "bytes", "class", "confidence"]
+        assert r["file"] == DNS and r["packets"] >= 1 and r["bytes"] > 0 and 0 <= r["confidence"] <= 1
+        if r["proto"] in ("TCP", "UDP"):
+            assert isinstance(r["sport"], int) and isinstance(r["dport"], int)
+        else:
+            assert r["sport"] is None and r["dport"] is None
+    assert {"TCP", "ICMP"} <= {r["proto"] for r in rows}
+    assert sum(r["packets"] for r in rows) == decodable(DNS)[1]
+
+
+def test_packets_jsonl_shape_and_consistency_with_flows():
+    flows = jsonl(DNS, "--output", "flows")
+    pkts = jsonl(DNS, "--output", "packets")
+    frames, usable = decodable(DNS)
+    assert len(pkts) == usable
+    assert [p["index"] for p in pkts] == sorted(p["index"] for p in pkts) and pkts[0]["index"] >= 0
+    assert max(p["index"] for p in pkts) < frames
+    for p in pkts:
+        assert list(p) == ["file", "index", "proto", "src", "sport", "dst", "dport", "length", "class", "confidence"]
+    # every packet carries its flow's class; per flow, packets and bytes add up
+    by_flow = defaultdict(lambda: [0, 0, set()])
+    for p in pkts:
+        a, b = (p["src"], p["sport"]), (p["dst"], p["dport"])
+        k = (p["proto"],) + (a + b if a <= b else b + a)
+        by_flow[k][0] += 1
+        by_flow[k][1] += p["length"]
+        by_flow[k][2].add(p["class"])
+    flow_sum = defaultdict(lambda: [0, 0, set()])
+    for f in flows:
+        a, b = (f["src"], f["sport"]), (f["dst"], f["dport"])
+        k = (f["proto"],) + (a + b if a <= b else b + a)
+        flow_sum[k][0] += f["packets"]
+        flow_sum[k][1] += f["bytes"]
+        flow_sum[k][2].add(f["class"])
+    assert {k: v[:2] for k, v in by_flow.items()} == {k: v[:2] for k, v in flow_sum.items()}
+    for k, v in by_flow.items():
+        assert v[2] == flow_sum[k][2]
+
+
+def test_summary_equals_flows_per_class():
+    flows = jsonl("--output", "flows")  # the bundled sample
+    assert {r["file"] for r in flows} == {os.path.basename(f) for f in SAMPLE_FILES}
+    per_class = Counter()
+    for r in flows:
+        per_class[r["class"]] += r["packets"]
+    summary = jsonl("--output", "summary")
+    assert {r["class"]: r["packets"] for r in summary} == dict(per_class)
+    assert sum(r["flows"] for r in summary) == len(flows)
+
+
+def test_table_and_csv():
+    r = run_cli("classify", DNS, "--output", "flows", "--format", "csv")
+    lines = r.stdout.splitlines()
+    assert lines[0] == "file,proto,src,sport,dst,dport,packets,bytes,class,confidence"
+    assert len(lines) == 1 + len(jsonl(DNS, "--output", "flows"))
+    t = run_cli("classify", DNS)
+    assert t.returncode == 0 and t.stdout.split()[:4] == ["class", "flows", "packets", "bytes"]
+
+
+def test_unreadable_capture_after_the_readable_ones(tmp_path):
+    junk = tmp_path / "junk.pcap"
+    junk.write_bytes(b"this is not a capture at all")
+    missing = tmp_path / "missing.pcap"
+    r = run_cli("classify", str(junk), DNS, str(missing), "--output", "flows", "--format", "jsonl")
+    assert r.returncode != 0
+    errs = error_lines(r.stderr)
+    assert len(errs) == 2 and "junk.pcap" in errs[0] and "missing.pcap" in errs[1], r.stderr
+    assert "Traceback" not in r.stderr
+    assert {json.loads(l)["file"] for l in r.stdout.splitlines()} == {DNS}
+
+
+def test_hostile_captures_no_traceback():
+    files = [os.path.join(TEST_DATA, f) for f in ("badpackets.pcap", "fuzz-2021-10-13.pcap",
+                                                  "ip_fragmented_garbage.pcap", "kerberos_fuzz.pcapng",
+                                                  "ossfuzz_seed_fake_traces_4.pcapng")]
+    r = run_cli("classify", *files, "--output", "summary", "--format", "jsonl")
+    assert "Traceback" not in r.stderr and r.returncode == 0, r.stderr
+
+
+def test_packet_mode():
+    pkts = jsonl(DNS, "--output", "packets", "--mode", "packet")
+    summary = jsonl(DNS, "--output", "summary", "--mode", "packet")
+    per_class = Counter(p["class"] for p in pkts)
+    assert {r["class"]: r["packets"] for r in summary} == dict(per_class)
+    assert len(pkts) == decodable(DNS)[1]
+
+
+def test_front_door_iterates_flows(model):
+    flows = list(Pipeline(source=DNS, model=model))
+    assert flows and all(f.label >= 0 for f in flows)
+    _, again = offline(DNS, model)
+    assert sorted((f.id, f.label, f.packets) for f in flows) == sorted((f.id, f.label, f.packets) for f in again)
+
+
+def test_flow_decision_rules(model):
+    k = 2
+    cfg = C.from_dict({"pipeline": {"flow_packets": k}})
+    p, flows = offline(DNS, model, cfg)
+    other = p.other
+    for f in flows:
+        assert f.scored <= k
+        if f.scored == 0:  # never had a payload packet the model saw
+            assert f.label == other and f.confidence == 0.0
+        else:
+            mean = f.prob_sum / f.scored
+            if mean.max() < p.threshold:
+                assert f.label == other
+            else:
+                assert f.label == int(mean.argmax()) and f.confidence == pytest.approx(float(mean.max()))
+    # counts: every decoded packet under exactly one class
+    assert sum(t[0] + t[1] for t in p.tally.values()) == decodable(DNS)[1]
+    assert sum(t[4] for t in p.tally.values()) == len(flows)
+
+
+def test_reject_threshold_sends_flows_to_other(model):
+    strict = modelmod.LoadedModel(model.entry, model.classifier, 1.01)
+    p, flows = offline(DNS, strict)
+    assert {f.label for f in flows} == {p.other}
+    lax = modelmod.LoadedModel(model.entry, model.classifier, 0.0)
+    p, flows = offline(DNS, lax)
+    assert all(f.label != p.other for f in flows if f.scored)
+
+
+def test_live_threads_equal_offline(model):
+    """The replay through capture+classifier threads decides exactly as the offline pass."""
+    cfg = C.from_dict({"pipeline": {"queue_packets": 100000}})
+    for path in SAMPLE_FILES:
+        p_off, _ = offline(path, model, cfg)
+        flows = []
+        p = Pipeline(source=[ReplaySource(path, speed=0)], model=model, config=cfg, on_flow=flows.append)
+        p.start()
+        p._threads[0].join(30)
+        p.stop()
+        assert p.dropped == 0
+        assert {c: t for c, t in p.tally.items() if any(t)} == {c: t for c, t in p_off.tally.items() if any(t)}
+
+
+def test_overload_drops_are_counted_and_packets_still_counted(model):
+    """A queue of 2 against an as-fast-as-possible replay: drops, and still every packet counted once."""
+    cfg = C.from_dict({"pipeline": {"queue_packets": 2, "batch_size": 1, "batch_timeout_ms": 0}})
+    path = os.path.join(SAMPLES, "dropbox.pcap")
+    p = Pipeline(source=[ReplaySource(path, speed=0)], model=model, config=cfg)
+    p.start()
+    p._threads[0].join(30)
+    p.stop()
+    assert p.dropped > 0
+    assert len(p._queue) == 0 and not p._states
+    assert sum(t[0] + t[1] for t in p.tally.values()) == decodable(path)[1]
+
+
+def test_model_swap_keeps_counting(model):
+    cfg = C.Config()
+    p = Pipeline(source=[], model=model, config=cfg, threaded=False)
+    with PcapReader(DNS) as r:
+        frames = list(r)
+        for i, (lt, ts, fr) in enumerate(frames):
+            if i == len(frames) // 2:
+                p.set_model(modelmod.LoadedModel(model.entry, model.classifier, model.threshold), cfg.pipeline)
+            p._packet(lt, ts, fr, 0.0, i)
+            if len(p._queue) >= p.batch_size:
+                p._classify_batch()
+        p.finish()
+    assert sum(t[0] + t[1] for t in p.tally.values()) == decodable(DNS)[1]
