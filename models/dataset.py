@@ -178,27 +178,32 @@ def choose_classes(app: np.ndarray, apps: List[str], flow: np.ndarray, group: np
 
 
 def group_split(groups: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Assign whole groups to train/val/test, aiming at 64/16/20 of each class's packets.
+    """Assign whole groups to train/val/test, aiming at 64/16/20 of every class's packets.
 
-    Groups go, largest first, to the part furthest below its target for the
-    group's majority class, so every class tends to appear in every part.
+    Each group weighs, per class, its share of that class's packets, so a
+    capture holding most of a rare class counts as much as a big one of
+    `other`. Groups go, weightiest first, to the part whose per-class
+    shortfall they fill best (a stratified group split): without the
+    weighting, large `other`-dominated captures decided alone and a class's
+    packets could land 20/50/30 instead of 64/16/20.
     """
     rng = np.random.default_rng(seed)
     ug, inv = np.unique(groups, return_inverse=True)
     n_cls = int(y.max()) + 1 if len(y) else 1
     counts = np.zeros((len(ug), n_cls), np.int64)
     np.add.at(counts, (inv, y), 1)
+    share = counts / np.maximum(counts.sum(0), 1)[None, :]  # group's share of each class
     order = rng.permutation(len(ug))
-    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
-    have = np.zeros((3, n_cls))
-    target = np.array(SPLIT_FRACTIONS)[:, None] * counts.sum(0)[None, :]
+    order = order[np.argsort(-share[order].max(1), kind="stable")]
+    frac = np.array(SPLIT_FRACTIONS)[:, None]
+    have = np.zeros((3, n_cls))  # share of each class already in each part
     part_of = np.zeros(len(ug), np.int8)
     for g in order:
-        c = counts[g].argmax()
-        gap = (target[:, c] - have[:, c]) / np.maximum(target[:, c], 1)
-        p = int(np.argmax(gap + rng.uniform(0, 1e-6, 3)))
+        shortfall = np.clip(frac - have, 0, None) - np.clip(have + share[g][None, :] - frac, 0, None)
+        score = (shortfall * share[g][None, :]).sum(1) / max(share[g].sum(), 1e-12)
+        p = int(np.argmax(score + rng.uniform(0, 1e-9, 3)))
         part_of[g] = p
-        have[p] += counts[g]
+        have[p] += share[g]
     return part_of[inv]
 
 
