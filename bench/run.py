@@ -20,7 +20,7 @@ import numpy as np
 
 from daemon import registry
 from daemon.capture.pcapfile import CaptureError, PcapReader
-from daemon.features import payload_bytes
+from daemon.features import N_BYTES, payload_bytes
 from daemon.packet import decode
 
 from . import machine
@@ -83,7 +83,7 @@ def section_features(files, quick=False):
             pass
     read_s = time.perf_counter() - t
     pkts, offs = _corpus_packets(files, 20000 if quick else None)
-    out = np.zeros((256, 1480), np.uint8)
+    out = np.zeros((256, N_BYTES), np.uint8)
     t = time.perf_counter()
     reps = 1 if quick else 3
     for _ in range(reps):

@@ -76,7 +76,7 @@ def as_int8(x: np.ndarray, shape=None) -> np.ndarray:
     return q.reshape(-1, *shape) if shape else q
 
 
-VIEWS = {"flat": (1480,), "sequence": LSTM_SHAPE}
+VIEWS = {"flat": (N_BYTES,), "sequence": LSTM_SHAPE}
 
 
 def model_input(x: np.ndarray, view: str, dtype) -> np.ndarray:
