@@ -6,12 +6,15 @@ Everything that can go wrong is a ModelError of one line.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import List, Optional
 
 from . import registry
 from .classifier import Classifier, ModelError
+
+log = logging.getLogger("tc-daemon")
 
 
 @dataclass
@@ -44,13 +47,27 @@ def load(name: Optional[str] = None, memory_budget=None, min_pps=None, threads: 
     else:
         if name:
             entry = registry.find(name, directory)
+            clf = registry.open_model(entry, directory, num_threads=threads, max_batch=max_batch)
         else:
-            entry = registry.choose(registry.load_manifest(directory)["models"], budget, min_pps)
-            entry = dict(entry, path=os.path.join(directory, entry["file"]))
-        clf = registry.open_model(entry, directory, num_threads=threads, max_batch=max_batch)
+            entry, clf = _open_best(registry.candidates(registry.load_manifest(directory)["models"], budget,
+                                                        min_pps), directory, threads, max_batch)
     if threshold is None:
         threshold = float(entry.get("reject_threshold") or 0.0)
     return LoadedModel(entry, clf, threshold)
+
+
+def _open_best(ranked, directory, threads, max_batch):
+    """The best model this interpreter can build. An older runtime (tflite-runtime 2.14, all that
+    32-bit ARM has) lacks newer op versions, e.g. the dynamic-range FULLY_CONNECTED: skip such a
+    model with one log line rather than fail. A corrupt or mismatched file is still an error."""
+    for i, entry in enumerate(ranked):
+        entry = dict(entry, path=os.path.join(directory, entry["file"]))
+        try:
+            return entry, registry.open_model(entry, directory, num_threads=threads, max_batch=max_batch)
+        except ModelError as e:
+            if "find op" not in str(e) or i == len(ranked) - 1:
+                raise
+            log.warning("%s needs a newer TFLite runtime (%s); trying the next model", entry["name"], e)
 
 
 def from_config(cfg, name=None, memory_budget=None, threshold=None) -> LoadedModel:

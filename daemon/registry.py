@@ -71,6 +71,11 @@ def memory_of(entry: dict) -> int:
 
 def choose(models, memory_budget=None, min_pps=None) -> dict:
     """The most accurate model that fits; a budget nothing fits is a ModelError naming the smallest."""
+    return candidates(models, memory_budget, min_pps)[0]
+
+
+def candidates(models, memory_budget=None, min_pps=None) -> list:
+    """Every model that fits, best first (the first is `choose`'s answer)."""
     if not models:
         raise ModelError("the manifest lists no models")
     fits = [m for m in models if memory_budget is None or memory_of(m) <= memory_budget]
@@ -86,7 +91,7 @@ def choose(models, memory_budget=None, min_pps=None) -> dict:
                              f"{best['name']} ({best.get('pps_batch1', 0):.0f} packets/s)")
         fits = fast
     # most accurate; ties go to the smaller model
-    return max(fits, key=lambda m: (round(rank_accuracy(m), 4), -memory_of(m)))
+    return sorted(fits, key=lambda m: (-round(rank_accuracy(m), 4), memory_of(m)))
 
 
 def find(name_or_path: str, directory: str = SHIPPED_DIR) -> dict:
