@@ -91,16 +91,18 @@ def total(vals: dict, name: str) -> float:
 
 
 class Daemon:
-    """`tc-daemon run` in a subprocess; stderr goes to a file so a test can read the log."""
+    """`tc-daemon run` in a subprocess; stderr goes to a file so a test can read the log.
 
-    def __init__(self, args, port: int, env=None, log_path=None):
+    `prefix`: a command that execs the daemon (e.g. setpriv), so `proc` is still the daemon."""
+
+    def __init__(self, args, port: int, env=None, log_path=None, prefix=()):
         self.port = port
         self.url = f"http://127.0.0.1:{port}/metrics"
         self.log_path = log_path or f"/tmp/tc-daemon-test-{port}.log"
         self._log = open(self.log_path, "w")
         full_env = dict(os.environ, **(env or {}))
         full_env.setdefault("TC_DAEMON_MODELS_DIR", models_dir())
-        self.proc = subprocess.Popen([EXE, "run", *args], stdout=subprocess.DEVNULL, stderr=self._log,
+        self.proc = subprocess.Popen([*prefix, EXE, "run", *args], stdout=subprocess.DEVNULL, stderr=self._log,
                                      env=full_env)
 
     def log(self) -> str:
