@@ -15,48 +15,17 @@ capture's own timestamps; the captures chosen have no flow pausing longer than
 """
 import json
 import os
-import shutil
-import subprocess
 import time
 from collections import Counter
 
 import pytest
 
 from daemon.capture.pcapfile import PcapReader
-from tests.daemon_proc import CORPUS, Daemon, by_label, free_port, is_root, need, run_cli, total, write_config
+from tests.daemon_proc import CORPUS, Daemon, by_label, free_port, run_cli, total, write_config
+from tests.e2e.conftest import make_link, netns, sh  # noqa: F401 (netns: the fixture, kept importable from here)
 
 pytestmark = pytest.mark.e2e
 RATE = 500  # packets/s: modest, so any drop is a bug rather than overload
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
-def make_link(ns, a, b):
-    sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-    sh("ip", "link", "set", b, "netns", ns)
-    # no IPv6 autoconf chatter on either end, and room for the capture's largest frames
-    sh("sysctl", "-qw", f"net.ipv6.conf.{a}.disable_ipv6=1", check=False)
-    sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{b}.disable_ipv6=1", check=False)
-    sh("ip", "link", "set", a, "mtu", "9000", "up")
-    sh("ip", "netns", "exec", ns, "ip", "link", "set", b, "mtu", "9000", "up")
-
-
-@pytest.fixture
-def netns(tmp_path):
-    need(is_root(), "needs root for network namespaces")
-    need(shutil.which("ip") is not None and shutil.which("tcpreplay") is not None, "needs iproute2 and tcpreplay")
-    need(os.path.isdir(CORPUS), f"needs the shared corpus at {CORPUS}")
-    tag = f"tce{os.getpid() % 10000}"
-    ns, a, b = tag + "ns", tag + "a", tag + "b"
-    sh("ip", "netns", "add", ns)
-    try:
-        make_link(ns, a, b)
-        yield ns, a, b
-    finally:
-        sh("ip", "link", "del", a, check=False)
-        sh("ip", "netns", "del", ns, check=False)
 
 
 def start_daemon(tmp_path, a, idle_timeout=2):
