@@ -14,6 +14,8 @@ import os
 import sys
 import time
 
+from daemon.errors import CliError
+
 from . import dataset, zoo
 from .train import LR_GRID, cell_name, train_cell
 
@@ -60,9 +62,13 @@ def main(a):
             print(f"{prefix} {name}: done, skipped", file=sys.stderr)
             continue
         print(f"{prefix} {name}: training ...", file=sys.stderr, flush=True)
-        r = train_cell(ds, fam, b, lr, sp, os.path.join(a.out, name), epochs=a.epochs, patience=a.patience,
-                       batch_size=a.batch_size, seed=a.seed, include_other=a.include_other,
-                       balance_to=a.balance, verbose=0 if a.quiet else 2)
+        try:
+            r = train_cell(ds, fam, b, lr, sp, os.path.join(a.out, name), epochs=a.epochs, patience=a.patience,
+                           batch_size=a.batch_size, seed=a.seed, include_other=a.include_other,
+                           balance_to=a.balance, verbose=0 if a.quiet else 2)
+        except CliError as e:  # e.g. a split with an empty part on a small dataset: say so, go on
+            print(f"{prefix} {name}: skipped: {e}", file=sys.stderr, flush=True)
+            continue
         p = r["packet"]
         print(f"{prefix} {name}: params={r['params']} acc={p['accuracy']:.3f} macro-F1={p['macro_f1']:.3f} "
               f"flow-decisions={r['flow_decision_packets']['accuracy']:.3f} ({r['epochs']} ep, "

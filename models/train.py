@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from daemon.errors import CliError
 from daemon.features import as_flat, as_sequence
 
 from . import dataset, zoo
@@ -71,6 +72,10 @@ def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, ba
     import keras
 
     tr, va, te = select(ds, split, include_other, balance_to, seed)
+    for part, idx in (("training", tr), ("validation", va), ("test", te)):
+        if not len(idx):
+            raise CliError(f"the {split} split leaves no {part} packets of the model's classes "
+                           f"(too few captures or flows for it)")
     classes = ds["classes"] if include_other else ds["classes"][:-1]
     n = len(classes)
     X, y = ds["X"], ds["label"]
