@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
+from bench.netns import sh, veth_netns
+from bench.promtext import by_label, free_port, quantile, scrape, total
 from daemon.capture.pcapfile import CaptureError, PcapReader
 
 LADDER = (1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000)
@@ -40,54 +40,6 @@ def ethernet_captures(corpus, limit=40):
     return [p for _, p in out[:limit]], sum(n for n, _ in out[:limit])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(url):
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    vals = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if m:
-            vals[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return vals
-
-
-def total(vals, name):
-    return sum(v for k, v in vals.items() if k == name or k.startswith(name + "{"))
-
-
-def by_label(vals, name, label):
-    out = {}
-    for k, v in vals.items():
-        if k.startswith(name + "{"):
-            m = re.search(label + r'="([^"]*)"', k)
-            if m:
-                out[m.group(1)] = out.get(m.group(1), 0) + v
-    return out
-
-
-def quantile(before, after, name, q):
-    """A quantile from the histogram's bucket deltas over one step."""
-    b = {float(m.group(1)): after[k] - before.get(k, 0)
-         for k in after if k.startswith(name + "_bucket") and (m := re.search(r'le="([^"]+)"', k))}
-    if not b:
-        return None
-    les = sorted(b)
-    n = b[les[-1]]
-    if n <= 0:
-        return None
-    for le in les:
-        if b[le] >= q * n:
-            return le
-    return les[-1]
-
-
 def proc_stats(pid):
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
@@ -95,10 +47,6 @@ def proc_stats(pid):
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return rss, cpu
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
 
 def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick=False, config_extra=""):
@@ -111,69 +59,65 @@ def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick
     tag = f"tcb{os.getpid() % 100000}"
     ns, a, b = tag + "ns", tag + "a", tag + "b"
     port = free_port()
-    tmp = tempfile.mkdtemp(prefix="tc-bench-")
-    cfg = os.path.join(tmp, "config.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"capture:\n  interfaces: [{a}]\npipeline:\n  mode: {mode}\nmetrics:\n  listen: 127.0.0.1:{port}\n"
-                + config_extra)
     steps = []
     daemon = None
-    try:
-        sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-        sh("ip", "link", "set", b, "netns", ns)
-        sh("ip", "link", "set", a, "up")
-        sh("ip", "netns", "exec", ns, "ip", "link", "set", b, "up")
-        exe = shutil.which("tc-daemon") or os.path.join(os.path.dirname(sys.executable), "tc-daemon")
-        daemon = subprocess.Popen([exe, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
-        url = f"http://127.0.0.1:{port}/metrics"
-        for _ in range(100):
-            try:
-                scrape(url)
-                break
-            except OSError:
-                if daemon.poll() is not None:
-                    raise RuntimeError("daemon exited: " + daemon.stderr.read().strip().splitlines()[-1])
-                time.sleep(0.2)
-        for rate in rates:
-            loops = max(1, int(rate * seconds / n_pkts + 0.999))
-            before = scrape(url)
-            rss0, cpu0 = proc_stats(daemon.pid)
-            t0 = time.time()
-            r = sh("ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", b, f"--pps={rate}", f"--loop={loops}",
-                   "--preload-pcap", *files, check=False)
-            time.sleep(1.0)  # let the pipeline drain
-            wall = time.time() - t0
-            after = scrape(url)
-            rss, cpu1 = proc_stats(daemon.pid)
-            m = re.search(r"Actual: (\d+) packets", r.stdout)
-            sent = int(m.group(1)) if m else None
-            d = lambda name: total(after, name) - total(before, name)  # noqa: E731
-            drops = {k: v - by_label(before, "tc_daemon_dropped_packets_total", "reason").get(k, 0)
-                     for k, v in by_label(after, "tc_daemon_dropped_packets_total", "reason").items()}
-            step = dict(rate=rate, seconds=round(wall, 1), sent=sent, captured=d("tc_daemon_captured_packets_total"),
-                        classified=d("tc_daemon_packets_total"), dropped={k: v for k, v in drops.items() if v},
-                        kernel_drops=d("tc_daemon_kernel_drops_total"),
-                        latency_p50_s=quantile(before, after, "tc_daemon_decision_latency_seconds", 0.5),
-                        latency_p99_s=quantile(before, after, "tc_daemon_decision_latency_seconds", 0.99),
-                        rss_bytes=rss, cpu_percent=100 * (cpu1 - cpu0) / wall)
-            step["zero_drops"] = not step["dropped"] and step["kernel_drops"] == 0 and \
-                (sent is None or step["captured"] >= sent)
-            steps.append(step)
-            print(f"  {rate:>7}/s sent {sent} captured {step['captured']:.0f} classified {step['classified']:.0f} "
-                  f"drops {sum(step['dropped'].values()):.0f}+kernel {step['kernel_drops']:.0f} "
-                  f"p99 {step['latency_p99_s']} s rss {rss / 2**20:.0f} MiB cpu {step['cpu_percent']:.0f}%",
-                  flush=True)
-    finally:
-        if daemon and daemon.poll() is None:
-            daemon.terminate()
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-        sh("ip", "link", "del", a, check=False)
-        sh("ip", "netns", "del", ns, check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+    # a plain link (kernel-default MTU, IPv6 on), as the ladder has always measured on
+    with veth_netns(ns, a, b, mtu=None, ipv6=True):
+        tmp = tempfile.mkdtemp(prefix="tc-bench-")
+        cfg = os.path.join(tmp, "config.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"capture:\n  interfaces: [{a}]\npipeline:\n  mode: {mode}\nmetrics:\n"
+                    f"  listen: 127.0.0.1:{port}\n" + config_extra)
+        try:
+            exe = shutil.which("tc-daemon") or os.path.join(os.path.dirname(sys.executable), "tc-daemon")
+            daemon = subprocess.Popen([exe, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True)
+            url = f"http://127.0.0.1:{port}/metrics"
+            for _ in range(100):
+                try:
+                    scrape(url)
+                    break
+                except OSError:
+                    if daemon.poll() is not None:
+                        raise RuntimeError("daemon exited: " + daemon.stderr.read().strip().splitlines()[-1])
+                    time.sleep(0.2)
+            for rate in rates:
+                loops = max(1, int(rate * seconds / n_pkts + 0.999))
+                before = scrape(url)
+                rss0, cpu0 = proc_stats(daemon.pid)
+                t0 = time.time()
+                r = sh("ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", b, f"--pps={rate}", f"--loop={loops}",
+                       "--preload-pcap", *files, check=False)
+                time.sleep(1.0)  # let the pipeline drain
+                wall = time.time() - t0
+                after = scrape(url)
+                rss, cpu1 = proc_stats(daemon.pid)
+                m = re.search(r"Actual: (\d+) packets", r.stdout)
+                sent = int(m.group(1)) if m else None
+                d = lambda name: total(after, name) - total(before, name)  # noqa: E731
+                drops = {k: v - by_label(before, "tc_daemon_dropped_packets_total", "reason").get(k, 0)
+                         for k, v in by_label(after, "tc_daemon_dropped_packets_total", "reason").items()}
+                step = dict(rate=rate, seconds=round(wall, 1), sent=sent,
+                            captured=d("tc_daemon_captured_packets_total"),
+                            classified=d("tc_daemon_packets_total"), dropped={k: v for k, v in drops.items() if v},
+                            kernel_drops=d("tc_daemon_kernel_drops_total"),
+                            latency_p50_s=quantile(before, after, "tc_daemon_decision_latency_seconds", 0.5),
+                            latency_p99_s=quantile(before, after, "tc_daemon_decision_latency_seconds", 0.99),
+                            rss_bytes=rss, cpu_percent=100 * (cpu1 - cpu0) / wall)
+                step["zero_drops"] = not step["dropped"] and step["kernel_drops"] == 0 and \
+                    (sent is None or step["captured"] >= sent)
+                steps.append(step)
+                print(f"  {rate:>7}/s sent {sent} captured {step['captured']:.0f} classified {step['classified']:.0f} "
+                      f"drops {sum(step['dropped'].values()):.0f}+kernel {step['kernel_drops']:.0f} "
+                      f"p99 {step['latency_p99_s']} s rss {rss / 2**20:.0f} MiB cpu {step['cpu_percent']:.0f}%",
+                      flush=True)
+        finally:
+            if daemon and daemon.poll() is None:
+                daemon.terminate()
+                try:
+                    daemon.wait(10)
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
     ok = [s["rate"] for s in steps if s["zero_drops"]]
     return dict(mode=mode, captures=len(files), steps=steps, highest_zero_drop_rate=max(ok) if ok else 0)

@@ -37,25 +37,12 @@ import sys
 import tempfile
 import time
 
-from bench.live import DEFAULT_CORPUS, by_label, ethernet_captures, free_port, proc_stats, scrape, sh, total
+from bench.live import DEFAULT_CORPUS, ethernet_captures, proc_stats
+from bench.netns import make_link, remove, rx_packets, sh
+from bench.promtext import by_label, free_port, scrape, total
 
 WARMUP = 0.10  # share of the run before RSS is taken as the baseline
 SERIES = re.compile(r"^tc_daemon_\w+(_total|_count|_sum)(\{|$)")
-
-
-def _link(ns, a, b):
-    sh("ip", "netns", "add", ns)
-    sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
-    sh("ip", "link", "set", b, "netns", ns)
-    sh("sysctl", "-qw", f"net.ipv6.conf.{a}.disable_ipv6=1", check=False)
-    sh("ip", "netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{b}.disable_ipv6=1", check=False)
-    sh("ip", "link", "set", a, "mtu", "9000", "up")
-    sh("ip", "netns", "exec", ns, "ip", "link", "set", b, "mtu", "9000", "up")
-
-
-def _rx_packets(iface):
-    with open(f"/sys/class/net/{iface}/statistics/rx_packets") as f:
-        return int(f.read())
 
 
 def _median(xs):
@@ -74,7 +61,7 @@ def sample(url, pid, iface, t0, prev_cpu):
              kernel_drops=vals.get(f'tc_daemon_kernel_drops_total{{interface="{iface}"}}', 0),
              dropped={k: v for k, v in drops.items()}, counted=total(vals, "tc_daemon_packets_total"),
              skipped=total(vals, "tc_daemon_skipped_packets_total"),
-             flows=total(vals, "tc_daemon_flows_total"), rx_packets=_rx_packets(iface),
+             flows=total(vals, "tc_daemon_flows_total"), rx_packets=rx_packets(iface),
              capture_up=vals.get(f'tc_daemon_capture_up{{interface="{iface}"}}', 0))
     prev_cpu[:] = [now, cpu]
     return s, {k: v for k, v in vals.items() if SERIES.match(k)}
@@ -193,7 +180,8 @@ def run(a) -> int:
     identity = {}
     log_path = os.path.join(a.out, "soak-daemon.log")
     try:
-        _link(ns, ia, ib)
+        sh("ip", "netns", "add", ns)
+        make_link(ns, ia, ib)
         exe = shutil.which("tc-daemon", path=os.path.dirname(sys.executable)) or shutil.which("tc-daemon")
         daemon_log = open(log_path, "w")
         daemon = subprocess.Popen([exe, "run", "-c", cfg], stdout=subprocess.DEVNULL, stderr=daemon_log)
@@ -207,7 +195,7 @@ def run(a) -> int:
             if daemon.poll() is not None:
                 raise RuntimeError(f"daemon exited {daemon.returncode}; see {log_path}")
             time.sleep(0.2)
-        rx0 = _rx_packets(ia)
+        rx0 = rx_packets(ia)
         print(f"soak: {a.minutes:g} min at {a.rate} packets/s, {a.mode} mode, {len(files)} captures "
               f"({n_frames} frames a loop, new addresses each loop): "
               f"{', '.join(os.path.basename(p) for p in files)}; daemon pid {daemon.pid}, metrics {url}",
@@ -267,7 +255,7 @@ def run(a) -> int:
                     vals = scrape(url)
                 time.sleep(1.5)  # one more PACKET_STATISTICS read
                 vals = scrape(url)
-                rx = _rx_packets(ia) - rx0
+                rx = rx_packets(ia) - rx0
                 cap = vals.get(f'tc_daemon_captured_packets_total{{interface="{ia}"}}', 0)
                 kd = vals.get(f'tc_daemon_kernel_drops_total{{interface="{ia}"}}', 0)
                 counted = total(vals, "tc_daemon_packets_total") + total(vals, "tc_daemon_skipped_packets_total")
@@ -288,8 +276,7 @@ def run(a) -> int:
                 failures.append("daemon did not stop within 30 s of SIGTERM")
         elif daemon is not None:
             exit_code = daemon.returncode
-        sh("ip", "link", "del", ia, check=False)
-        sh("ip", "netns", "del", ns, check=False)
+        remove(ns, ia)
         shutil.rmtree(tmp, ignore_errors=True)
 
     if not samples:

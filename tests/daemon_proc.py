@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from collections import Counter
 
 import pytest
 
+from bench.promtext import by_label, free_port, scrape, total  # noqa: F401 (imported from here by the tests)
 from daemon import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,12 +38,6 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def copy_models(dest: str, name: str = None) -> dict:
     """A private models folder holding one model (default: the one the registry chooses) and its manifest."""
     src = models_dir()
@@ -61,33 +54,6 @@ def write_config(path: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
-
-
-def scrape(url: str, timeout: float = 5.0) -> dict:
-    """{'name{labels}': value} from a Prometheus text page."""
-    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
-    vals = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
-        if m:
-            vals[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return vals
-
-
-def by_label(vals: dict, name: str, label: str) -> dict:
-    out = {}
-    for k, v in vals.items():
-        if k.startswith(name + "{"):
-            m = re.search(label + r'="([^"]*)"', k)
-            if m:
-                out[m.group(1)] = out.get(m.group(1), 0) + v
-    return out
-
-
-def total(vals: dict, name: str) -> float:
-    return sum(v for k, v in vals.items() if k == name or k.startswith(name + "{"))
 
 
 class Daemon:
@@ -150,6 +116,21 @@ def run_cli(*args, env=None, timeout=120):
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("TC_DAEMON_MODELS_DIR", models_dir())
     return subprocess.run([EXE, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def classify_flows(*paths, env=None) -> list:
+    """`tc-daemon classify PATHS --output flows --format jsonl`, one dict a flow (what the live daemon must match)."""
+    r = run_cli("classify", *paths, "--output", "flows", "--format", "jsonl", env=env)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def per_class(rows, field: str = "packets") -> Counter:
+    """{class: sum of field} over classify's flow rows: the per-class totals /metrics must show."""
+    out = Counter()
+    for row in rows:
+        out[row["class"]] += row[field]
+    return out
 
 
 def error_lines(stderr: str):

@@ -21,7 +21,8 @@ from collections import Counter
 import pytest
 
 from daemon.capture.pcapfile import PcapReader
-from tests.daemon_proc import CORPUS, Daemon, by_label, free_port, run_cli, total, write_config
+from tests.daemon_proc import (CORPUS, Daemon, by_label, classify_flows, free_port, per_class, run_cli, total,
+                               write_config)
 from tests.e2e.conftest import make_link, netns, sh  # noqa: F401 (netns: the fixture, kept importable from here)
 
 pytestmark = pytest.mark.e2e
@@ -50,12 +51,8 @@ def test_live_metrics_equal_classify(netns, tmp_path, capture):
     path = os.path.join(CORPUS, capture)
     with PcapReader(path) as r:
         frames = sum(1 for _ in r)
-    r = run_cli("classify", path, "--output", "flows", "--format", "jsonl")
-    assert r.returncode == 0, r.stderr
-    expected = Counter()
-    for line in r.stdout.splitlines():
-        row = json.loads(line)
-        expected[row["class"]] += row["packets"]
+    rows = classify_flows(path)
+    expected = per_class(rows)
 
     d = start_daemon(tmp_path, a, idle_timeout=frames // RATE + 3)
     try:
@@ -72,7 +69,7 @@ def test_live_metrics_equal_classify(netns, tmp_path, capture):
         got = {c: n for c, n in by_label(vals, "tc_daemon_packets_total", "class").items() if n}
         assert got == dict(expected)
         flows = {c: n for c, n in by_label(vals, "tc_daemon_flows_total", "class").items() if n}
-        assert sum(flows.values()) == len(r.stdout.splitlines())
+        assert sum(flows.values()) == len(rows)
         assert d.proc.poll() is None
     finally:
         assert d.stop() == 0

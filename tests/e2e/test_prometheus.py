@@ -37,7 +37,7 @@ import yaml
 from daemon.capture.pcapfile import PcapReader
 from daemon.flows import ACTIVE_TIMEOUT, IDLE_TIMEOUT, flow_key
 from daemon.packet import decode
-from tests.daemon_proc import CORPUS, EXE, ROOT, Daemon, by_label, free_port, need, run_cli
+from tests.daemon_proc import CORPUS, EXE, ROOT, Daemon, by_label, classify_flows, free_port, need, per_class
 from tests.e2e.test_live import RATE, netns, replay  # noqa: F401 (netns is a fixture)
 
 pytestmark = pytest.mark.e2e
@@ -211,14 +211,9 @@ def test_prometheus_scrapes_what_classify_reports(netns, tmp_path):
     assert sum(map(len, keys)) == len(set().union(*keys)), "a flow appears in two captures"
     frames = sum(i["frames"] for i in info.values())
 
-    r = run_cli("classify", *paths, "--output", "flows", "--format", "jsonl")
-    assert r.returncode == 0, r.stderr
-    rows = [json.loads(line) for line in r.stdout.splitlines()]
-    packets, nbytes, flows = Counter(), Counter(), Counter()
-    for row in rows:
-        packets[row["class"]] += row["packets"]
-        nbytes[row["class"]] += row["bytes"]
-        flows[row["class"]] += 1
+    rows = classify_flows(*paths)
+    packets, nbytes = per_class(rows), per_class(rows, "bytes")
+    flows = Counter(row["class"] for row in rows)
     assert len(packets) >= 3, f"want several classes, classify gives {dict(packets)}"
 
     # the daemon, as the unit starts it

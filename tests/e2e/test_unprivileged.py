@@ -23,7 +23,6 @@ Needs root (to create the veth pair and switch user), iproute2, tcpreplay and
 setpriv (util-linux): under CI=true it must run.
 """
 import grp
-import json
 import os
 import pathlib
 import pwd
@@ -32,12 +31,11 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections import Counter
 
 import pytest
 
-from tests.daemon_proc import (CORPUS, EXE, Daemon, by_label, error_lines, free_port, models_dir, need, run_cli,
-                               total)
+from tests.daemon_proc import (CORPUS, EXE, Daemon, by_label, classify_flows, error_lines, free_port, models_dir,
+                               need, per_class, total)
 from tests.e2e.test_live import RATE, netns, replay  # noqa: F401 (netns is a fixture)
 from tests.e2e.test_prometheus import daemon_config
 
@@ -94,12 +92,7 @@ def user_dir():
 def test_capture_with_only_cap_net_raw(user_can_run, user_dir, tmp_path):
     ns, a, b = user_can_run
     path = os.path.join(CORPUS, "dropbox.pcap")
-    r = run_cli("classify", path, "--output", "flows", "--format", "jsonl")
-    assert r.returncode == 0, r.stderr
-    expected = Counter()
-    for line in r.stdout.splitlines():
-        row = json.loads(line)
-        expected[row["class"]] += row["packets"]
+    expected = per_class(classify_flows(path))
     frames = 848
 
     port = free_port()
