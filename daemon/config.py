@@ -69,8 +69,10 @@ class Capture:
 class Model:
     name: Optional[str] = opt(None, "str", "Model name from the shipped manifest (`tc-daemon models list`) or a "
                               ".tflite path; null = the most accurate model within memory_budget.", null=True)
-    memory_budget: Optional[int] = opt(None, "size", "Largest model to load, as run-time memory, e.g. 2MiB or "
-                                       "500k; null = no limit.", null=True, min=1)
+    memory_budget: Optional[int] = opt(16 << 20, "size", "Largest model to load, as run-time memory (the "
+                                       "manifest's measured peak), e.g. 2MiB or 500k. The default keeps to what a "
+                                       "small gateway can spare and leaves out the slow, large LSTMs; null = no "
+                                       "limit.", null=True, min=1)
     min_pps: Optional[float] = opt(None, "float", "Only models measured at this many packets/s or more at batch 1.",
                                    null=True, min=0)
     threads: int = opt(1, "int", "TFLite interpreter threads. 1 leaves the other core to capture.", min=1, max=64)

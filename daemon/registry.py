@@ -184,9 +184,9 @@ def cli_list(a):
     """`tc-daemon models list [--format table|json] [--memory-budget B] [--min-pps N]`."""
     from .errors import CliError
     budget = a.memory_budget
-    if budget is None and getattr(a, "config", None):
+    if budget is None:  # the config's budget, or the default config's: what `run` would choose
         from . import config as cfgmod
-        budget = cfgmod.load(a.config).model.memory_budget
+        budget = cfgmod.load(getattr(a, "config", None)).model.memory_budget
     try:
         m = load_manifest()
         budget_b = parse_size(budget) if budget is not None else None
