@@ -87,6 +87,7 @@ def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick
                 rss0, cpu0 = proc_stats(daemon.pid)
                 t0 = time.time()
                 r = sh("ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", b, f"--pps={rate}", f"--loop={loops}",
+                       "--unique-ip",  # every loop new addresses, so new flows: the model keeps working
                        "--preload-pcap", *files, check=False)
                 time.sleep(1.0)  # let the pipeline drain
                 wall = time.time() - t0
