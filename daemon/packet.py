@@ -88,8 +88,7 @@ def _ppp(frame, off: int) -> int:
     n = len(frame)
     if off + 4 <= n and frame[off] in (0x0F, 0x8F) and frame[off + 1] == 0:
         # Cisco HDLC framing under the PPP link type (as tcpdump also accepts)
-        etype = _u16(frame, off + 2)[0]
-        return off + 4 if etype in (ETH_IPV4, ETH_IPV6) else -NOT_IP - 1
+        return _ethertype(frame, off + 4, _u16(frame, off + 2)[0])
     if off + 2 <= n and frame[off] == 0xFF and frame[off + 1] == 0x03:
         off += 2  # HDLC address/control
     if off >= n:
@@ -139,8 +138,7 @@ def ip_offset(linktype: int, frame) -> int:
     if linktype == LINKTYPE_C_HDLC:
         if n < 4:
             return -TRUNCATED - 1
-        etype = _u16(frame, 2)[0]
-        return 4 if etype in (ETH_IPV4, ETH_IPV6) else -NOT_IP - 1
+        return _ethertype(frame, 4, _u16(frame, 2)[0])  # an EtherType: VLAN, PPPoE, MPLS as on Ethernet
     if linktype == LINKTYPE_PPI:
         if n < 8:
             return -TRUNCATED - 1

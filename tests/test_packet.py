@@ -37,6 +37,9 @@ def check_tcp4(d, frame):
     (P.LINKTYPE_PPP, b"\x00\x21" + IP4),
     (P.LINKTYPE_PPP, b"\x21" + IP4),  # protocol-field compression
     (P.LINKTYPE_C_HDLC, b"\x0f\x00\x08\x00" + IP4),
+    # an EtherType after Cisco HDLC is followed as on Ethernet (BGP_redist.pcap: MPLS), also under the PPP type
+    (P.LINKTYPE_C_HDLC, b"\x0f\x00\x88\x47" + struct.pack("!I", (18 << 12) | 0x100 | 254) + IP4),
+    (P.LINKTYPE_PPP, b"\x0f\x00\x81\x00" + struct.pack("!HH", 10, 0x0800) + IP4),
     (P.LINKTYPE_PPI, struct.pack("<BBHI", 0, 0, 8, 1) + ether(IP4)),
 ])
 def test_link_types_reach_ipv4(linktype, frame):
