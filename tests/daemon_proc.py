@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from bench.promtext import by_label, free_port, scrape, total  # noqa: F401 (imported from here by the tests)
-from daemon import registry
+from daemon import config, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "daemon", "data")
@@ -42,7 +42,9 @@ def copy_models(dest: str, name: str = None) -> dict:
     """A private models folder holding one model (default: the one the registry chooses) and its manifest."""
     src = models_dir()
     m = registry.load_manifest(src)
-    entry = next(e for e in m["models"] if e["name"] == name) if name else registry.choose(m["models"])
+    # no name: the model the daemon would choose by default (the default config's memory budget)
+    entry = next(e for e in m["models"] if e["name"] == name) if name else \
+        registry.choose(m["models"], config.Config().model.memory_budget)
     os.makedirs(dest, exist_ok=True)
     shutil.copyfile(os.path.join(src, entry["file"]), os.path.join(dest, entry["file"]))
     with open(os.path.join(dest, registry.MANIFEST), "w") as f:

@@ -34,6 +34,7 @@ import time
 
 import pytest
 
+from daemon import config
 from daemon.features import N_BYTES
 from tests.daemon_proc import CORPUS, Daemon, by_label, free_port, run_cli, total, write_config
 from tests.e2e.conftest import rx_packets, sh
@@ -61,9 +62,12 @@ CALM_RATE = 300
 
 
 def largest_model() -> dict:
+    """The largest model the default memory budget admits (what an operator runs by default)."""
     r = run_cli("models", "list", "--format", "json")
     assert r.returncode == 0, r.stderr
-    return max(json.loads(r.stdout), key=lambda e: e["params"])
+    budget = config.Config().model.memory_budget
+    fits = [e for e in json.loads(r.stdout) if budget is None or e["peak_memory_bytes"] <= budget]
+    return max(fits, key=lambda e: e["params"])
 
 
 def rss_bytes(pid: int) -> int:
