@@ -17,7 +17,10 @@ from daemon import config, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "daemon", "data")
-CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ndpi-pcaps", "pcap"))
+DATA = os.path.join(ROOT, "tests", "data")
+# the whole shared corpus, for the tests that run all of it: beside the checkout, or TC_CORPUS
+CORPUS = os.environ.get("TC_CORPUS") or os.path.normpath(os.path.join(ROOT, "..", "shared", "data",
+                                                                      "ndpi-pcaps", "pcap"))
 EXE = shutil.which("tc-daemon", path=os.path.dirname(sys.executable)) or shutil.which("tc-daemon")
 
 
@@ -32,6 +35,22 @@ def need(condition: bool, why: str):
         if os.environ.get("CI") == "true":
             pytest.fail(f"required under CI: {why}")
         pytest.skip(why)
+
+
+def local_capture(name: str) -> str:
+    """A capture kept in the project (tests/data, then daemon/data): the live tests replay these."""
+    for d in (DATA, SAMPLES):
+        if os.path.isfile(os.path.join(d, name)):
+            return os.path.join(d, name)
+    raise FileNotFoundError(f"{name}: not in tests/data or daemon/data")
+
+
+def need_corpus():
+    """The whole-corpus tests need ../shared/data/ndpi-pcaps (or TC_CORPUS). It is not part of the
+    project (31 MB, LGPL); a clone without it skips them, under CI too, and says so; their figures
+    are recorded in docs/reliability.md."""
+    if not os.path.isdir(CORPUS):
+        pytest.skip(f"the shared corpus is not at {CORPUS} (set TC_CORPUS)")
 
 
 def is_root() -> bool:

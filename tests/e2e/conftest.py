@@ -11,15 +11,14 @@ import shutil
 
 import pytest
 
-from bench.netns import make_link, rx_packets, sh, veth_netns  # noqa: F401 (imported from here by the tests)
-from tests.daemon_proc import CORPUS, is_root, need
+from bench.netns import veth_netns
+from tests.daemon_proc import is_root, need
 
 
 @pytest.fixture
 def netns(tmp_path):
     need(is_root(), "needs root for network namespaces")
     need(shutil.which("ip") is not None and shutil.which("tcpreplay") is not None, "needs iproute2 and tcpreplay")
-    need(os.path.isdir(CORPUS), f"needs the shared corpus at {CORPUS}")
     tag = f"tce{os.getpid() % 10000}"
     with veth_netns(tag + "ns", tag + "a", tag + "b") as link:
         yield link

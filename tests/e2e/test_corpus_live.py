@@ -47,8 +47,9 @@ import pytest
 
 from daemon.capture.pcapfile import PcapReader
 from daemon.packet import SKIP_REASONS, decode
-from tests.daemon_proc import CORPUS, Daemon, by_label, error_lines, free_port, need, run_cli, total, write_config
-from tests.e2e.conftest import netns, rx_packets, sh  # noqa: F401 (netns: the fixture)
+from tests.daemon_proc import (CORPUS, Daemon, by_label, error_lines, free_port, need_corpus, run_cli, total,
+                               write_config)
+from bench.netns import rx_packets, sh
 
 pytestmark = pytest.mark.e2e
 
@@ -167,6 +168,7 @@ def ethernet_corpus(dest: str) -> dict:
 
 
 def test_every_corpus_capture_through_the_live_path(netns, tmp_path):
+    need_corpus()
     ns, a, b = netns
     sh("ip", "link", "set", a, "mtu", str(MTU))
     sh("ip", "netns", "exec", ns, "ip", "link", "set", b, "mtu", str(MTU))
@@ -247,7 +249,7 @@ def test_every_corpus_capture_through_the_live_path(netns, tmp_path):
 
 @pytest.mark.parametrize("mode", ["flow", "packet"])
 def test_classify_whole_corpus(mode):
-    need(os.path.isdir(CORPUS), f"needs the shared corpus at {CORPUS}")
+    need_corpus()
     expected = 0
     for name in os.listdir(CORPUS):
         with PcapReader(os.path.join(CORPUS, name)) as r:

@@ -16,12 +16,12 @@ from collections import Counter
 
 import pytest
 
-from tests.daemon_proc import (CORPUS, Daemon, by_label, copy_models, free_port, run_cli, total,
+from tests.daemon_proc import (local_capture, Daemon, by_label, copy_models, free_port, run_cli, total,
                                write_config)
-from tests.e2e.conftest import rx_packets, sh
+from bench.netns import rx_packets, sh
 
 pytestmark = pytest.mark.e2e
-TELEGRAM = os.path.join(CORPUS, "telegram.pcap")  # 1566 frames, Ethernet
+TELEGRAM = local_capture("telegram.pcap")  # 1566 frames, Ethernet
 
 
 def start(tmp_path, a, extra="", env=None, cwd=None, idle_timeout=2):
@@ -157,7 +157,7 @@ def test_nothing_written_to_disk_per_packet(netns, tmp_path, mode):
         time.sleep(1)  # let the start settle: no scrape from here until the second reading
         rx0 = rx_packets(a)
         io0 = _io(d.proc.pid)
-        sent = replay(ns, b, TELEGRAM, 2000) + replay(ns, b, os.path.join(CORPUS, "dropbox.pcap"), 2000)
+        sent = replay(ns, b, TELEGRAM, 2000) + replay(ns, b, local_capture("dropbox.pcap"), 2000)
         # every frame arrived, then the idle timeout (2 s) ends the flows and they are decided and counted
         while rx_packets(a) - rx0 < sent:
             time.sleep(0.2)

@@ -21,9 +21,9 @@ from collections import Counter
 import pytest
 
 from daemon.capture.pcapfile import PcapReader
-from tests.daemon_proc import (CORPUS, Daemon, by_label, classify_flows, free_port, per_class, run_cli, total,
+from tests.daemon_proc import (local_capture, Daemon, by_label, classify_flows, free_port, per_class, run_cli, total,
                                write_config)
-from tests.e2e.conftest import make_link, netns, sh  # noqa: F401 (netns: the fixture, kept importable from here)
+from bench.netns import make_link, sh
 
 pytestmark = pytest.mark.e2e
 RATE = 500  # packets/s: modest, so any drop is a bug rather than overload
@@ -48,7 +48,7 @@ def replay(ns, b, path, rate=RATE):
 @pytest.mark.parametrize("capture", ["dropbox.pcap", "telegram.pcap"])
 def test_live_metrics_equal_classify(netns, tmp_path, capture):
     ns, a, b = netns
-    path = os.path.join(CORPUS, capture)
+    path = local_capture(capture)
     with PcapReader(path) as r:
         frames = sum(1 for _ in r)
     rows = classify_flows(path)
@@ -87,7 +87,7 @@ def test_interface_disappears_and_returns(netns, tmp_path):
         vals = d.wait_for(lambda v: v[up] == 1, what="capture reopened")
         assert vals[f'tc_daemon_capture_reopens_total{{interface="{a}"}}'] == 1
         assert d.log().count(f"capture on {a} lost") == 1
-        replay(ns, b, os.path.join(CORPUS, "dropbox.pcap"), rate=2000)
+        replay(ns, b, local_capture("dropbox.pcap"), rate=2000)
         d.wait_for(lambda v: v[f'tc_daemon_captured_packets_total{{interface="{a}"}}'] >= 848,
                    what="capture after reopening")
     finally:
@@ -97,7 +97,7 @@ def test_interface_disappears_and_returns(netns, tmp_path):
 def test_workers_share_an_interface_through_fanout(netns, tmp_path):
     """capture.workers: 2 processes in one PACKET_FANOUT group; their metrics add up to classify's."""
     ns, a, b = netns
-    path = os.path.join(CORPUS, "telegram.pcap")
+    path = local_capture("telegram.pcap")
     r = run_cli("classify", path, "--output", "summary", "--format", "jsonl")
     expected = {row["class"]: row["packets"] for row in map(json.loads, r.stdout.splitlines())}
     port = free_port()

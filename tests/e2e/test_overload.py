@@ -27,7 +27,6 @@ Then a modest replay (300 packets/s) must go through with zero new drops of
 any kind. Nothing here asserts how long anything took.
 """
 import json
-import os
 import re
 import subprocess
 import time
@@ -36,8 +35,8 @@ import pytest
 
 from daemon import config
 from daemon.features import N_BYTES
-from tests.daemon_proc import CORPUS, Daemon, by_label, free_port, run_cli, total, write_config
-from tests.e2e.conftest import rx_packets, sh
+from tests.daemon_proc import local_capture, Daemon, by_label, free_port, run_cli, total, write_config
+from bench.netns import rx_packets, sh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -100,7 +99,7 @@ def test_overload_then_calm(netns, tmp_path):
         rx0 = rx_packets(a)
         last = counters(d.metrics())
 
-        files = [os.path.join(CORPUS, c) for c in BURST_CAPTURES]
+        files = [local_capture(c) for c in BURST_CAPTURES]
         burst = subprocess.Popen(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", b, "--topspeed", "--loop=0",
                                   "--unique-ip", "--preload-pcap", f"--duration={BURST_SECONDS}", *files],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -153,7 +152,7 @@ def test_overload_then_calm(netns, tmp_path):
         before = vals
         calm_rx0 = rx_packets(a)
         r = sh("ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", b, f"--pps={CALM_RATE}",
-               os.path.join(CORPUS, CALM_CAPTURE))
+               local_capture(CALM_CAPTURE))
         calm_sent = int(re.search(r"Actual: (\d+) packets", r.stdout).group(1))
         d.wait_for(lambda v: v[captured_key] >= before[captured_key] + calm_sent and settled(v), timeout=60,
                    what="the calm replay captured and counted")

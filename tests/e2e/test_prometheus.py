@@ -37,8 +37,8 @@ import yaml
 from daemon.capture.pcapfile import PcapReader
 from daemon.flows import ACTIVE_TIMEOUT, IDLE_TIMEOUT, flow_key
 from daemon.packet import decode
-from tests.daemon_proc import CORPUS, EXE, ROOT, Daemon, by_label, classify_flows, free_port, need, per_class
-from tests.e2e.test_live import RATE, netns, replay  # noqa: F401 (netns is a fixture)
+from tests.daemon_proc import local_capture, EXE, ROOT, Daemon, by_label, classify_flows, free_port, need, per_class
+from tests.e2e.test_live import RATE, replay
 
 pytestmark = pytest.mark.e2e
 CAPTURES = ("dropbox.pcap", "telegram.pcap", "whatsapp.pcap")
@@ -200,8 +200,7 @@ def daemon_config(tmp_path, interface, port, idle_timeout):
 def test_prometheus_scrapes_what_classify_reports(netns, tmp_path):
     ns, a, b = netns
     need(os.access(PROMETHEUS, os.X_OK), f"needs {PROMETHEUS} (apt-get install prometheus)")
-    paths = [os.path.join(CORPUS, c) for c in CAPTURES]
-    need(all(os.path.isfile(p) for p in paths), f"needs {', '.join(CAPTURES)} in {CORPUS}")
+    paths = [local_capture(c) for c in CAPTURES]
 
     # the captures suit the comparison (see the module docstring)
     info = capture_flows(paths)

@@ -34,9 +34,9 @@ import warnings
 
 import pytest
 
-from tests.daemon_proc import (CORPUS, EXE, Daemon, by_label, classify_flows, error_lines, free_port, models_dir,
+from tests.daemon_proc import (local_capture, EXE, Daemon, by_label, classify_flows, error_lines, free_port, models_dir,
                                need, per_class, total)
-from tests.e2e.test_live import RATE, netns, replay  # noqa: F401 (netns is a fixture)
+from tests.e2e.test_live import RATE, replay
 from tests.e2e.test_prometheus import daemon_config
 
 pytestmark = pytest.mark.e2e
@@ -91,7 +91,7 @@ def user_dir():
 
 def test_capture_with_only_cap_net_raw(user_can_run, user_dir, tmp_path):
     ns, a, b = user_can_run
-    path = os.path.join(CORPUS, "dropbox.pcap")
+    path = local_capture("dropbox.pcap")
     expected = per_class(classify_flows(path))
     frames = 848
 
