@@ -79,7 +79,7 @@ class Classifier:
                  content: bytes = None):
         if view not in VIEWS:
             raise ModelError(f"{path}: unknown input view {view!r}")
-        Interpreter = load_interpreter_class()
+        load_interpreter_class()  # no runtime installed: say so before reading the file
         self.path, self.view, self.num_threads = path, view, num_threads
         self.buckets = tuple(b for b in BUCKETS if b < max_batch) + (max_batch,)
         try:

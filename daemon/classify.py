@@ -96,10 +96,7 @@ def main(a) -> int:
     from .cli import CliError
     from .pipeline import Pipeline
 
-    try:
-        cfg = cfgmod.load(a.config)
-    except cfgmod.ConfigError as e:
-        raise CliError(str(e), cfgmod.EX_CONFIG)
+    cfg = cfgmod.load(a.config)  # a ConfigError is a CliError: one line, exit 78
     if a.mode:
         cfg.pipeline.mode = a.mode
     try:

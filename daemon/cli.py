@@ -12,7 +12,7 @@ import sys
 
 from . import __version__
 
-from .errors import EX_CONFIG, CliError  # noqa: F401 (re-exported for subcommands)
+from .errors import CliError
 
 
 def _train_import(name: str):

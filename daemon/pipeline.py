@@ -321,12 +321,9 @@ class Pipeline:
             self._count(c, 1, st.pkts[1], st.nbytes[1])
         self._fl[c].inc()
         self._tally[c][4] += 1
-        if st.ended or self.packet_mode:
-            self._states.pop(flow.id, None)
-            if self.on_flow is not None:
-                self.on_flow(flow)
-        else:
-            del self._states[flow.id]
+        self._states.pop(flow.id, None)
+        if (st.ended or self.packet_mode) and self.on_flow is not None:
+            self.on_flow(flow)
 
     def _ended(self, flow):
         """The flow table let go of a flow (timeout, eviction, drain)."""

@@ -233,10 +233,7 @@ def reload(a, pipeline, old_cfg):
 
 
 def main(a) -> int:
-    try:
-        cfg = load_config(a)
-    except cfgmod.ConfigError as e:
-        raise CliError(str(e), cfgmod.EX_CONFIG)
+    cfg = load_config(a)  # a ConfigError is a CliError: one line, exit 78
     if a.check_config:
         print(f"{a.config or 'built-in defaults'}: ok")
         return 0

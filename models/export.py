@@ -17,7 +17,6 @@ import numpy as np
 
 from daemon import registry
 from daemon.classifier import Classifier
-from daemon.features import as_int8
 
 from . import dataset, zoo
 from .metrics import scores

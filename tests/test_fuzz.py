@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from daemon import packet as P
 from daemon.capture.pcapfile import CaptureError, PcapReader
 from daemon.features import payload_bytes
-from tests.packets import ether, ext_header, ipv4, ipv6, pcap_file, pcapng_file, tcp, udp
+from tests.packets import ether, ipv4, ipv6, pcap_file, pcapng_file, tcp, udp
 
 LINKTYPES = [P.LINKTYPE_NULL, P.LINKTYPE_ETHERNET, P.LINKTYPE_PPP, P.LINKTYPE_RAW, P.LINKTYPE_C_HDLC,
              P.LINKTYPE_LOOP, P.LINKTYPE_LINUX_SLL, P.LINKTYPE_PPI, P.LINKTYPE_IPV4, P.LINKTYPE_IPV6,
