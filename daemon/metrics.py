@@ -33,7 +33,10 @@ DROP_REASONS = (
     "shutdown",     # still queued when the drain deadline passed at exit
 )
 # 1 us .. 10 s, 1-2.5-5 per decade
-LATENCY_BUCKETS = tuple(m * 10.0 ** e for e in range(-6, 1) for m in (1, 2.5, 5)) + (10.0,)
+# 1-2.5-5 per decade, plus steps around the 20 ms decision target (issue 7) so that its p99 is read
+# from the histogram to a few ms rather than to the next decade's 25 or 50 ms
+LATENCY_BUCKETS = tuple(sorted({m * 10.0 ** e for e in range(-6, 1) for m in (1, 2.5, 5)}
+                               | {0.0075, 0.015, 0.02, 0.03, 0.04, 0.075, 10.0}))
 BATCH_BUCKETS = tuple(2 ** i for i in range(11))  # 1 .. 1024
 
 REGISTRY = CollectorRegistry(auto_describe=True)

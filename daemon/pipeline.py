@@ -38,6 +38,7 @@ many decisions were made on fewer packets, not how many went uncounted.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -54,15 +55,19 @@ from .flows import FlowTable, flow_key
 from .packet import SKIP_REASONS, decode
 
 log = logging.getLogger("tc-daemon")
+SWITCH_INTERVAL = 0.0005  # s; see Pipeline.start
 
 
 class _State:
     """Per-flow bookkeeping beside flows.Flow: pending counts and queue membership."""
-    __slots__ = ("pkts", "nbytes", "queued", "inflight", "ended", "last", "last_class", "last_conf")
+    # plain int slots, not lists: an undecided flow costs one small object (flows live for their
+    # idle timeout, and at 50k packets/s the table holds tens of thousands of them)
+    __slots__ = ("pkts0", "pkts1", "bytes0", "bytes1", "queued", "inflight", "ended", "last", "last_class",
+                 "last_conf")
 
     def __init__(self):
-        self.pkts = [0, 0]      # packets per direction not yet counted (flow mode, undecided)
-        self.nbytes = [0, 0]
+        self.pkts0 = self.pkts1 = 0     # packets per direction not yet counted (flow mode, undecided)
+        self.bytes0 = self.bytes1 = 0
         self.queued = 0         # packets sent to the queue
         self.inflight = 0       # of those, not yet scored
         self.ended = False      # the flow table let go of it while packets were in flight
@@ -205,8 +210,12 @@ class Pipeline:
             else:
                 if st is None:
                     st = self._states[flow.id] = _State()
-                st.pkts[d] += 1
-                st.nbytes[d] += nbytes
+                if d:
+                    st.pkts1 += 1
+                    st.bytes1 += nbytes
+                else:
+                    st.pkts0 += 1
+                    st.bytes0 += nbytes
                 if payload and st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap,
                                                                     d, nbytes):
                     st.queued += 1
@@ -316,9 +325,10 @@ class Pipeline:
         else:
             c, conf = self.other, 0.0
         flow.label, flow.confidence = c, conf
+        flow.prob_sum = None  # decided: only the class and confidence are read from here on
         if not self.packet_mode:
-            self._count(c, 0, st.pkts[0], st.nbytes[0])
-            self._count(c, 1, st.pkts[1], st.nbytes[1])
+            self._count(c, 0, st.pkts0, st.bytes0)
+            self._count(c, 1, st.pkts1, st.bytes1)
         self._fl[c].inc()
         self._tally[c][4] += 1
         self._states.pop(flow.id, None)
@@ -381,6 +391,11 @@ class Pipeline:
     # --- live: threads ------------------------------------------------------------------
 
     def start(self):
+        # The capture thread holds the GIL for nearly all of its time slice at high rates; a
+        # waiting classifier thread gets it only at the interpreter's switch interval (5 ms by
+        # default), several times per batch, which is what capture-to-decision latency was made
+        # of. A shorter interval trades a little throughput for latency (docs/performance.md).
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._classifier = threading.Thread(target=self._classifier_loop, name="classifier", daemon=True)
         self._classifier.start()
         for src in self.sources:

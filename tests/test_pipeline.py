@@ -9,6 +9,8 @@ from daemon import config as C
 from daemon import model as modelmod
 from daemon.capture.pcapfile import PcapReader
 from daemon.capture.replay import ReplaySource
+from daemon.features import payload_bytes
+from daemon.flows import flow_key
 from daemon.packet import decode
 from daemon.pipeline import Pipeline
 from tests.daemon_proc import ROOT, SAMPLES, error_lines, models_dir, run_cli
@@ -144,21 +146,43 @@ def test_front_door_iterates_flows(model):
     assert sorted((f.id, f.label, f.packets) for f in flows) == sorted((f.id, f.label, f.packets) for f in again)
 
 
+def first_payloads(path, k):
+    """Per flow key: the first k payload packets' transport bytes, found without the pipeline."""
+    out = defaultdict(list)
+    with PcapReader(path) as r:
+        for lt, _, fr in r:
+            d = decode(lt, fr)
+            if isinstance(d, int):
+                continue
+            _v, proto, src, dst, sport, dport, _ip, l4_off, l4_end, data_off = d
+            key, _ = flow_key(proto, src, sport, dst, dport)
+            if data_off < l4_end and len(out[key]) < k:
+                out[key].append(bytes(fr[l4_off:l4_end]))
+    return out
+
+
 def test_flow_decision_rules(model):
     k = 2
     cfg = C.from_dict({"pipeline": {"flow_packets": k}})
     p, flows = offline(DNS, model, cfg)
     other = p.other
+    firsts = first_payloads(DNS, k)
+    keys = Counter(flow_key(f.proto, f.src, f.sport, f.dst, f.dport)[0] for f in flows)
+    checked = 0
     for f in flows:
-        assert f.scored <= k
+        assert f.scored <= k and f.prob_sum is None  # decided flows keep no probabilities
+        key = flow_key(f.proto, f.src, f.sport, f.dst, f.dport)[0]
         if f.scored == 0:  # never had a payload packet the model saw
             assert f.label == other and f.confidence == 0.0
-        else:
-            mean = f.prob_sum / f.scored
+        elif keys[key] == 1:  # (a key reused after a timeout is two flows: not checked here)
+            assert f.scored == len(firsts[key])
+            mean = model.classifier.predict(payload_bytes(firsts[key], [0] * f.scored)).mean(0)
+            checked += 1
             if mean.max() < p.threshold:
                 assert f.label == other
             else:
                 assert f.label == int(mean.argmax()) and f.confidence == pytest.approx(float(mean.max()))
+    assert checked >= 5
     # counts: every decoded packet under exactly one class
     assert sum(t[0] + t[1] for t in p.tally.values()) == decodable(DNS)[1]
     assert sum(t[4] for t in p.tally.values()) == len(flows)
