@@ -87,7 +87,8 @@ def keras_batch1(entry, keras_dir) -> float | None:
     except ImportError:
         return None
     from daemon.features import model_input
-    m, _ = zoo.build(entry["family"], entry.get("budget", entry["params"]), len(entry["classes"]))
+    m, _ = zoo.build(entry["family"], entry.get("budget", entry["params"]), len(entry["classes"]),
+                     reverse=entry.get("reverse", False))
     with np.load(path) as w:
         m.set_weights([w[f"arr_{i}"] for i in range(len(w.files))])
     x = model_input(sample(1), entry["view"], np.float32)

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output", "-o", default="docs/bench.json", help="JSON output path")
     b.add_argument("--corpus", help="captures for the offline section (default: ../shared/data/ndpi-pcaps/pcap)")
     b.add_argument("--quick", action="store_true", help="shorter runs (for CI smoke)")
+    b.add_argument("--update-manifest", action="store_true",
+                   help="write the models section's speed and memory into the shipped manifest "
+                        "(maintainers, on a quiet machine)")
     b.set_defaults(func=cmd_bench)
     return p
 

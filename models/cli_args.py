@@ -17,6 +17,8 @@ def add(name, p):
         p.add_argument("--budget", type=int, default=100_000, help="parameter budget")
         p.add_argument("--lr", type=float, help="learning rate (default: search the paper's grid)")
         p.add_argument("--split", choices=["random", "flow", "capture"], default="random")
+        p.add_argument("--reverse", action="store_true",
+                       help="LSTM reads the 40 steps last to first (survives int8 export; see models/zoo.py)")
     if name == "sweep":
         p.add_argument("--families", default="svm,mlp,lstm")
         p.add_argument("--budgets", help="comma list (default: the paper's 15)")

@@ -71,7 +71,8 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=1000):
     out = []
     for q in quants:
         blob = convert(model, q, rep_x)
-        name = f"{family}-{round(res['params'] / 1000)}k-{q}"
+        rev = bool(res.get("reverse"))
+        name = f"{family}{'-rev' if rev else ''}-{round(res['params'] / 1000)}k-{q}"
         tmp = os.path.join(run_dir, name + ".tflite")
         with open(tmp, "wb") as f:
             f.write(blob)
@@ -86,7 +87,7 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=1000):
                      bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest(),
                      input_dtype=str(clf.input_dtype), reject_threshold=calibrate_threshold(v_probs, y[va]),
                      keras_agreement=agree, keras_accuracy=acc_k, accuracy_loss=acc_k - acc_t,
-                     trained_split=res["split"], lr=res["lr"], cpu=cpu_name(),
+                     trained_split=res["split"], lr=res["lr"], cpu=cpu_name(), reverse=rev,
                      accuracy={res["split"]: {"accuracy": acc_t, "macro_f1": scores(y[te], t_pred, n)["macro_f1"]}})
         for sib in _siblings(run_dir, res):
             if sib["split"] != res["split"]:
@@ -115,7 +116,7 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=1000):
 
 
 def _siblings(run_dir, res):
-    """Cells of the same family, budget, rate and seed under the same sweep folder (other splits)."""
+    """Cells of the same architecture, rate and seed under the same sweep folder (other splits)."""
     parent = os.path.dirname(os.path.abspath(run_dir))
     out = []
     for d in os.listdir(parent):
@@ -123,7 +124,8 @@ def _siblings(run_dir, res):
         if os.path.exists(p):
             with open(p) as f:
                 r = json.load(f)
-            if (r["family"], r["budget"], r["lr"], r["seed"]) == (res["family"], res["budget"], res["lr"], res["seed"]):
+            key = ("family", "budget", "lr", "seed")
+            if [r[k] for k in key] == [res[k] for k in key] and r.get("reverse") == res.get("reverse"):
                 out.append(r)
     return out
 

@@ -24,6 +24,8 @@ def load_cells(runs):
     for p in sorted(glob.glob(os.path.join(runs, "*", "results.json"))):
         with open(p) as f:
             r = json.load(f)
+        if r.get("reverse"):
+            continue  # the backwards-reading LSTM is the shipped models' variant (zoo.build), not the paper's
         r["dir"] = os.path.dirname(p)
         sp = os.path.join(r["dir"], "speed.json")
         if os.path.exists(sp):

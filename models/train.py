@@ -36,8 +36,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cell_name(family, budget, lr, split, seed=0):
-    return f"{family}-{budget}-lr{lr:g}-{split}-s{seed}"
+def cell_name(family, budget, lr, split, seed=0, reverse=False):
+    return f"{family}{'-rev' if reverse else ''}-{budget}-lr{lr:g}-{split}-s{seed}"
 
 
 def select(ds, split, include_other=False, balance_to=None, seed=0):
@@ -67,7 +67,8 @@ def keras_speed(model, x_one, calls=30) -> float:
 
 
 def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, batch_size=128,
-               seed=0, include_other=False, balance_to=None, class_weight=True, verbose=1, k_flow=5):
+               seed=0, include_other=False, balance_to=None, class_weight=True, verbose=1, k_flow=5,
+               reverse=False):
     """Train one cell and write its results.json; returns the results dict."""
     import keras
 
@@ -94,7 +95,7 @@ def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, ba
         model = keras.Sequential([model, keras.layers.Softmax(name="probs")])
         epochs_run, best_val = 0, float((svm.predict(as_flat(X[va])) == y[va]).mean()) if len(va) else 0.0
     else:
-        model, params = zoo.build(family, budget, n, seed)
+        model, params = zoo.build(family, budget, n, seed, reverse=reverse)
         model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         cw = None
@@ -116,7 +117,7 @@ def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, ba
                classes=list(classes), n_train=len(tr), n_val=len(va), n_test=len(te),
                epochs=epochs_run, val_accuracy=best_val, train_seconds=round(train_s, 1),
                packet=scores(y[te], pred, n), include_other=include_other, balance=balance_to,
-               cpu=cpu_name())
+               cpu=cpu_name(), reverse=reverse)
     dec, _ = flow_decisions(probs, ds["flow"][te], ds["ts"][te], k_flow)
     res["flow_k"] = k_flow
     res["flow_decision_packets"] = scores(y[te], dec, n)  # packet-weighted, flow decisions
@@ -135,10 +136,11 @@ def main(a):
     lrs = [a.lr] if a.lr is not None else LR_GRID[a.family]
     best = None
     for lr in lrs:
-        name = cell_name(a.family, a.budget, lr, a.split, a.seed)
+        name = cell_name(a.family, a.budget, lr, a.split, a.seed, a.reverse)
         res = train_cell(ds, a.family, a.budget, lr, a.split, os.path.join(a.out, name), epochs=a.epochs,
                          patience=a.patience, batch_size=a.batch_size, seed=a.seed,
-                         include_other=a.include_other, balance_to=a.balance, verbose=0 if a.quiet else 1)
+                         include_other=a.include_other, balance_to=a.balance, verbose=0 if a.quiet else 1,
+                         reverse=a.reverse)
         p = res["packet"]
         print(f"{name}: params={res['params']} val={res['val_accuracy']:.3f} test acc={p['accuracy']:.3f} "
               f"macro-F1={p['macro_f1']:.3f} flow-decision acc={res['flow_decision_packets']['accuracy']:.3f} "

@@ -56,3 +56,20 @@ def test_tiny_sweep_export_and_serve(tmp_path):
               env={"TC_DAEMON_MODELS_DIR": ship}).stdout.splitlines()
     flows = [json.loads(line) for line in out]
     assert flows and {f["class"] for f in flows} <= {"WhatsApp", "Facebook", "DoH_DoT", "Dropbox", "other"}
+
+    # the backwards-reading LSTM the shipped int8 LSTMs use: same parameters, its own cell and model
+    # name, its own siblings, and left out of the paper's report
+    cli("train", "-d", ds, "--family", "lstm", "--reverse", "--budget", "15000", "--lr", "0.01",
+        "--split", "flow", "--epochs", "1", "--out", runs, "-q")
+    rev = json.load(open(os.path.join(runs, "lstm-rev-15000-lr0.01-flow-s0", "results.json")))
+    fwd = json.load(open(os.path.join(runs, next(c for c in cells if c.startswith("lstm-15000-")), "results.json")))
+    assert rev["reverse"] is True and not fwd["reverse"] and rev["params"] == fwd["params"]
+    cli("export", os.path.join(runs, "lstm-rev-15000-lr0.01-flow-s0"), "-d", ds, "--ship", ship,
+        "--quant", "int8", "--fallback", "dynamic")
+    entries = json.load(open(os.path.join(ship, "manifest.json")))["models"]
+    shipped = [e for e in entries if e["name"].startswith("lstm-rev-15k-")]
+    assert len(shipped) == 1 and shipped[0]["reverse"] is True
+    # its random-split figure comes from no forward sibling (there is no reverse one on that split)
+    assert set(shipped[0]["accuracy"]) == {"flow"}
+    cli("report", "--runs", runs, "--out", rep)
+    assert len(json.load(open(rep + "-results.json"))) == len(cells)
