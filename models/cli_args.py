@@ -30,6 +30,7 @@ def add(name, p):
         p.add_argument("--ship", default=None, help="models folder to ship into (default: models/shipped)")
         p.add_argument("--quant", default="int8", help="comma list of float32,dynamic,int8")
         p.add_argument("--fallback", help="quantisation to ship when none of --quant passes the parity check")
+        p.add_argument("--replace", help="comma list of shipped model names to take out once these ship")
     if name == "report":
         p.add_argument("--runs", default="runs")
         p.add_argument("--out", default="docs/paper-reproduction")

@@ -146,11 +146,38 @@ def _save_keras(model, path):
     np.savez_compressed(path, *model.get_weights())
 
 
+def unship(name, ship_dir):
+    """Take a model out of the shipped set: its file, manifest entry, fixtures and Keras weights."""
+    path = os.path.join(ship_dir, registry.MANIFEST)
+    with open(path) as f:
+        m = json.load(f)
+    gone = [e for e in m["models"] if e["name"] == name]
+    if not gone:
+        return False
+    m["models"] = [e for e in m["models"] if e["name"] != name]
+    with open(path + ".tmp", "w") as f:
+        json.dump(m, f, indent=1)
+    os.replace(path + ".tmp", path)
+    for p in (os.path.join(ship_dir, gone[0]["file"]), os.path.join(ship_dir, "keras", name + ".npz")):
+        if os.path.exists(p):
+            os.remove(p)
+    fx = os.path.join(ship_dir, "fixtures.npz")
+    if os.path.exists(fx):
+        d = {k: v for k, v in np.load(fx).items() if k.split("/", 1)[1] != name}
+        np.savez_compressed(fx, **d)
+    return True
+
+
 def main(a):
     ds = dataset.load(a.dataset)
     ship_dir = a.ship or registry.SHIPPED_DIR
+    shipped = False
     for run in a.runs:
         done = export_run(run, ds, [q.strip() for q in a.quant.split(",")], ship_dir)
         if a.fallback and not any(ship for _, ship in done):
             print(f"  trying {a.fallback} instead")
-            export_run(run, ds, [a.fallback], ship_dir)
+            done = export_run(run, ds, [a.fallback], ship_dir)
+        shipped = shipped or any(ship for _, ship in done)
+    for name in (a.replace.split(",") if a.replace and shipped else []):
+        if unship(name.strip(), ship_dir):
+            print(f"{name.strip()}: taken out of {ship_dir}")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("tensorflow", reason="the [train] extra")  # tests/run installs it; the gateway does not
@@ -64,11 +65,17 @@ def test_tiny_sweep_export_and_serve(tmp_path):
     rev = json.load(open(os.path.join(runs, "lstm-rev-15000-lr0.01-flow-s0", "results.json")))
     fwd = json.load(open(os.path.join(runs, next(c for c in cells if c.startswith("lstm-15000-")), "results.json")))
     assert rev["reverse"] is True and not fwd["reverse"] and rev["params"] == fwd["params"]
+    (old,) = [m["name"] for m in listed if m["family"] == "lstm"]
     cli("export", os.path.join(runs, "lstm-rev-15000-lr0.01-flow-s0"), "-d", ds, "--ship", ship,
-        "--quant", "int8", "--fallback", "dynamic")
+        "--quant", "int8", "--fallback", "dynamic", "--replace", old)
     entries = json.load(open(os.path.join(ship, "manifest.json")))["models"]
     shipped = [e for e in entries if e["name"].startswith("lstm-rev-15k-")]
     assert len(shipped) == 1 and shipped[0]["reverse"] is True
+    # what it replaced is gone: entry, file, fixtures, Keras weights
+    assert old not in {e["name"] for e in entries} and not os.path.exists(os.path.join(ship, old + ".tflite"))
+    assert not any(k.endswith("/" + old) for k in np.load(os.path.join(ship, "fixtures.npz")).files)
+    assert not os.path.exists(os.path.join(ship, "keras", old + ".npz"))
+    assert any(k.endswith("/" + shipped[0]["name"]) for k in np.load(os.path.join(ship, "fixtures.npz")).files)
     # its random-split figure comes from no forward sibling (there is no reverse one on that split)
     assert set(shipped[0]["accuracy"]) == {"flow"}
     cli("report", "--runs", runs, "--out", rep)
