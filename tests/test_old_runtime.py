@@ -20,6 +20,7 @@ from tests.daemon_proc import need
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "daemon", "data", "dropbox.pcap")
 SHIPPED = os.path.join(ROOT, "models", "shipped")
+TEST_DATA = os.path.join(ROOT, "tests", "data")
 PROBE = """
 import json, sys
 from daemon import registry
@@ -76,13 +77,15 @@ def test_classify_on_tflite_runtime_2_14(old_python):
 
 
 def test_budget_choice_skips_a_model_the_runtime_cannot_build(old_python, tmp_path):
-    """A copy of the shipped models where a non-int8 model ranks first: the old runtime skips it."""
+    """The shipped models plus a dynamic-range one (tests/data, once shipped) ranked first: the old
+    runtime cannot build it, so the choice skips it with one warning line and loads the next best."""
     manifest = json.load(open(os.path.join(SHIPPED, "manifest.json")))
-    other = [e for e in manifest["models"] if e["quantization"] != "int8"]
-    need(other, "no non-int8 model is shipped")
-    first = other[0]
+    first = json.load(open(os.path.join(TEST_DATA, "lstm-100k-dynamic.json")))
+    shutil.copy(os.path.join(TEST_DATA, first["file"]), tmp_path / first["file"])
+    manifest["models"].append(first)
     for e in manifest["models"]:
-        shutil.copy(os.path.join(SHIPPED, e["file"]), tmp_path / e["file"])
+        if e is not first:
+            shutil.copy(os.path.join(SHIPPED, e["file"]), tmp_path / e["file"])
         for split in e.get("accuracy", {}):
             e["accuracy"][split]["accuracy"] = 1.0 if e is first else 0.5
     json.dump(manifest, open(tmp_path / "manifest.json", "w"))
@@ -90,8 +93,8 @@ def test_budget_choice_skips_a_model_the_runtime_cannot_build(old_python, tmp_pa
              f"m = model.load(directory={str(tmp_path)!r}); print(m.name)")
     r = run(old_python, "-c", probe)
     assert r.returncode == 0, r.stderr
-    if "find op" in r.stderr:  # the old runtime cannot build it: skipped, with one warning line
-        assert r.stdout.strip() != first["name"]
-        assert len([ln for ln in r.stderr.splitlines() if "needs a newer TFLite runtime" in ln]) == 1
-    else:
-        assert r.stdout.strip() == first["name"]
+    assert "find op" in r.stderr and r.stdout.strip() not in ("", first["name"])
+    assert len([ln for ln in r.stderr.splitlines() if "needs a newer TFLite runtime" in ln]) == 1
+    # the current runtime builds it: the same manifest chooses it there
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == first["name"], r.stderr
