@@ -38,7 +38,6 @@ many decisions were made on fewer packets, not how many went uncounted.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
@@ -55,7 +54,6 @@ from .flows import FlowTable, flow_key
 from .packet import SKIP_REASONS, decode
 
 log = logging.getLogger("tc-daemon")
-SWITCH_INTERVAL = 0.0005  # s; see Pipeline.start
 
 
 class _State:
@@ -391,11 +389,6 @@ class Pipeline:
     # --- live: threads ------------------------------------------------------------------
 
     def start(self):
-        # The capture thread holds the GIL for nearly all of its time slice at high rates; a
-        # waiting classifier thread gets it only at the interpreter's switch interval (5 ms by
-        # default), several times per batch, which is what capture-to-decision latency was made
-        # of. A shorter interval trades a little throughput for latency (docs/performance.md).
-        sys.setswitchinterval(SWITCH_INTERVAL)
         self._classifier = threading.Thread(target=self._classifier_loop, name="classifier", daemon=True)
         self._classifier.start()
         for src in self.sources:
