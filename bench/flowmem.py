@@ -11,6 +11,7 @@ import struct
 import sys
 import time
 
+from bench.machine import rss_bytes as rss
 from daemon import config
 from daemon.packet import LINKTYPE_ETHERNET
 from daemon.pipeline import Pipeline
@@ -22,14 +23,6 @@ def frame(i: int, payload: bytes = b"x" * 100) -> bytes:
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
                      struct.pack("!I", 0x0A000000 + i), b"\x08\x08\x08\x08") + udp
     return b"\x00" * 12 + b"\x08\x00" + ip
-
-
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def main(n_flows: int, per_flow: int):
