@@ -35,12 +35,20 @@ def latency(fn, calls=300, min_seconds=0.5):
     return np.array(ts)
 
 
+ROUNDS = 3  # per batch size; the fastest round's median is kept
+
+
 def tflite_figures(entry, batches=(1, 64, 256)):
+    """Packets/s per batch size and batch-1 latency quantiles. On a shared VM other tenants slow
+    a whole round at a time (the same model measured minutes apart differed by up to x2), so
+    each batch size runs in ROUNDS rounds and the fastest round stands: interference only ever
+    slows, so the best round is the closest to what the machine can do."""
     clf = registry.open_model(entry, max_batch=max(batches))
     x = sample(max(batches))
     out = {}
     for b in batches:
-        t = latency(lambda: clf.predict(x[:b]), calls=200 if b == 1 else 30)
+        t = min((latency(lambda: clf.predict(x[:b]), calls=200 if b == 1 else 30) for _ in range(ROUNDS)),
+                key=np.median)
         out[f"pps_batch{b}"] = b / float(np.median(t))
         if b == 1:
             out["p50_us"] = float(np.percentile(t, 50) * 1e6)
