@@ -56,6 +56,17 @@ def tflite_figures(entry, batches=(1, 64, 256)):
     return out
 
 
+MANIFEST_FIGURES = ("pps_batch1", "pps_batch64", "p50_us", "p99_us", "peak_memory_bytes")
+
+
+def record(name: str, figures: dict, directory: str = registry.SHIPPED_DIR):
+    """Write a model's measured speed and memory (and the CPU they were measured on) into the manifest."""
+    from bench.machine import cpu_model
+    cpu = cpu_model()
+    registry.update_entry(name, {k: figures[k] for k in MANIFEST_FIGURES} | {"cpu": cpu}, directory)
+    registry.set_meta(directory, cpu=cpu)
+
+
 _PROBE = r"""
 import json, sys
 def hwm():

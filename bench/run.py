@@ -58,10 +58,8 @@ def section_models(quick=False, update_manifest=False):
               + (f"  Keras @1 {k:5.1f} pkt/s (x{f['pps_batch1'] / k:,.0f})" if k else "")
               + (f"  /manifest @1 x{vs['pps_batch1']:.2f}" if "pps_batch1" in vs else ""), flush=True)
         if update_manifest:  # measured on a quiet machine, these become the manifest's figures
-            registry.update_entry(e["name"], {k: f[k] for k in ("pps_batch1", "pps_batch64", "p50_us", "p99_us",
-                                                                 "peak_memory_bytes")} | {"cpu": machine.cpu_model()})
+            bm.record(e["name"], f)
     if update_manifest:
-        registry.set_meta(cpu=machine.cpu_model())
         print(f"  wrote these figures into {registry.SHIPPED_DIR}/manifest.json")
     return rows
 

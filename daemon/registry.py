@@ -138,46 +138,58 @@ def load_path(path: str, classes=None, view=None, num_threads: int = 1, max_batc
     return entry, open_model(entry, num_threads=num_threads, max_batch=max_batch)
 
 
+def _read(directory: str) -> dict:
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        return {"models": []}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write(m: dict, directory: str):
+    """Atomically: a reader (the daemon on SIGHUP) never sees half a manifest."""
+    path = os.path.join(directory, MANIFEST)
+    with open(path + ".tmp", "w") as f:
+        json.dump(m, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def ship(tflite_path: str, entry: dict, directory: str = SHIPPED_DIR):
     """Copy a model into the shipped folder and record it in the manifest (replacing same name)."""
     os.makedirs(directory, exist_ok=True)
     shutil.copyfile(tflite_path, os.path.join(directory, entry["file"]))
-    path = os.path.join(directory, MANIFEST)
-    m = {"models": []}
-    if os.path.exists(path):
-        with open(path) as f:
-            m = json.load(f)
+    m = _read(directory)
     m["models"] = [e for e in m["models"] if e["name"] != entry["name"]] + [entry]
     m["models"].sort(key=lambda e: (e["family"], e["params"], e["quantization"]))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(m, f, indent=1)
-    os.replace(tmp, path)
+    _write(m, directory)
+
+
+def unship(name: str, directory: str = SHIPPED_DIR):
+    """Take a model's file and manifest entry out; returns the entry, or None if it was not there."""
+    m = _read(directory)
+    gone = next((e for e in m["models"] if e["name"] == name), None)
+    if gone is not None:
+        m["models"] = [e for e in m["models"] if e is not gone]
+        _write(m, directory)
+        path = os.path.join(directory, gone["file"])
+        if os.path.exists(path):
+            os.remove(path)
+    return gone
 
 
 def set_meta(directory: str = SHIPPED_DIR, **fields):
     """Manifest-wide facts (the CPU the speeds were measured on)."""
-    path = os.path.join(directory, MANIFEST)
-    with open(path) as f:
-        m = json.load(f)
+    m = _read(directory)
     m.update(fields)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(m, f, indent=1)
-    os.replace(tmp, path)
+    _write(m, directory)
 
 
 def update_entry(name: str, fields: dict, directory: str = SHIPPED_DIR):
-    path = os.path.join(directory, MANIFEST)
-    with open(path) as f:
-        m = json.load(f)
+    m = _read(directory)
     for e in m["models"]:
         if e["name"] == name:
             e.update(fields)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(m, f, indent=1)
-    os.replace(tmp, path)
+    _write(m, directory)
 
 
 def cli_list(a):

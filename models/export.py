@@ -20,7 +20,9 @@ from daemon.classifier import Classifier
 
 from . import dataset, zoo
 from .metrics import scores
-from .train import cpu_name, select, view
+from bench.machine import cpu_model
+
+from .train import select, view
 
 MAX_LOSS = 0.01  # accuracy an export may lose against Keras and still ship
 FIXTURE_N = 32   # test packets kept beside the shipped models, with each model's reference outputs
@@ -87,7 +89,7 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=1000):
                      bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest(),
                      input_dtype=str(clf.input_dtype), reject_threshold=calibrate_threshold(v_probs, y[va]),
                      keras_agreement=agree, keras_accuracy=acc_k, accuracy_loss=acc_k - acc_t,
-                     trained_split=res["split"], lr=res["lr"], cpu=cpu_name(), reverse=rev,
+                     trained_split=res["split"], lr=res["lr"], cpu=cpu_model(), reverse=rev,
                      accuracy={res["split"]: {"accuracy": acc_t, "macro_f1": scores(y[te], t_pred, n)["macro_f1"]}})
         for sib in _siblings(run_dir, res):
             if sib["split"] != res["split"]:
@@ -101,14 +103,10 @@ def export_run(run_dir, ds, quants=("int8",), ship_dir=None, rep_n=1000):
               f"tflite {acc_t:.3f}{'' if ship else '  NOT SHIPPED (loses more than 1 point)'}")
         if ship and ship_dir:
             from bench import models as bm
-            from bench.machine import cpu_model
             registry.ship(tmp, entry, ship_dir)
             placed = dict(entry, path=os.path.join(ship_dir, entry["file"]))
             figs = bm.tflite_figures(placed, batches=(1, 64))
-            registry.update_entry(entry["name"], dict(pps_batch1=figs["pps_batch1"], pps_batch64=figs["pps_batch64"],
-                                                      p50_us=figs["p50_us"], p99_us=figs["p99_us"],
-                                                      peak_memory_bytes=bm.peak_memory(placed)), ship_dir)
-            registry.set_meta(ship_dir, cpu=cpu_model())
+            bm.record(entry["name"], dict(figs, peak_memory_bytes=bm.peak_memory(placed)), ship_dir)
             _save_keras(model, os.path.join(ship_dir, "keras", name + ".npz"))
             _save_fixture(ship_dir, name, X[te[:FIXTURE_N]], t_probs[:FIXTURE_N], k_probs[:FIXTURE_N])
         out.append((entry, ship))
@@ -147,20 +145,12 @@ def _save_keras(model, path):
 
 
 def unship(name, ship_dir):
-    """Take a model out of the shipped set: its file, manifest entry, fixtures and Keras weights."""
-    path = os.path.join(ship_dir, registry.MANIFEST)
-    with open(path) as f:
-        m = json.load(f)
-    gone = [e for e in m["models"] if e["name"] == name]
-    if not gone:
+    """Take a model out of the shipped set: file and manifest entry (registry), fixtures, Keras weights."""
+    if registry.unship(name, ship_dir) is None:
         return False
-    m["models"] = [e for e in m["models"] if e["name"] != name]
-    with open(path + ".tmp", "w") as f:
-        json.dump(m, f, indent=1)
-    os.replace(path + ".tmp", path)
-    for p in (os.path.join(ship_dir, gone[0]["file"]), os.path.join(ship_dir, "keras", name + ".npz")):
-        if os.path.exists(p):
-            os.remove(p)
+    keras_npz = os.path.join(ship_dir, "keras", name + ".npz")
+    if os.path.exists(keras_npz):
+        os.remove(keras_npz)
     fx = os.path.join(ship_dir, "fixtures.npz")
     if os.path.exists(fx):
         d = {k: v for k, v in np.load(fx).items() if k.split("/", 1)[1] != name}

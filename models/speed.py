@@ -15,7 +15,9 @@ from daemon.classifier import Classifier
 from daemon.features import N_BYTES
 
 from . import zoo
-from .train import cpu_name, view
+from bench.machine import cpu_model
+
+from .train import view
 
 BATCHES = (1, 4, 16, 64, 256, 1024)
 
@@ -50,7 +52,7 @@ def measure(cell_dir, quant="int8", batches=BATCHES, rep_x=None, force=False):
     with open(tfl, "wb") as f:
         f.write(convert(model, quant, xv[:64] if rep_x is None else rep_x))
     clf = Classifier(tfl, view=zoo.view_of(family), max_batch=max(batches))
-    out = dict(cpu=cpu_name(), family=family, params=res["params"], quant=quant, keras={}, tflite={})
+    out = dict(cpu=cpu_model(), family=family, params=res["params"], quant=quant, keras={}, tflite={})
     for b in batches:
         out["keras"][str(b)] = _rate(lambda: model.predict(xv[:b], batch_size=b, verbose=0), b)
         out["tflite"][str(b)] = _rate(lambda: clf.predict(x[:b]), b)

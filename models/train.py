@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 
 import numpy as np
 
+from bench.machine import cpu_model
 from daemon.errors import CliError
 from daemon.features import as_flat, as_sequence
 
@@ -23,17 +23,6 @@ from .metrics import flow_decisions, scores
 
 LR_GRID = {"mlp": [1e-3, 5e-4, 1e-4], "lstm": [1e-2, 5e-3, 1e-3], "cnn": [1e-3], "svm": [0.0]}
 SPLITS = ("random", "flow", "capture")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cell_name(family, budget, lr, split, seed=0, reverse=False):
@@ -117,7 +106,7 @@ def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, ba
                classes=list(classes), n_train=len(tr), n_val=len(va), n_test=len(te),
                epochs=epochs_run, val_accuracy=best_val, train_seconds=round(train_s, 1),
                packet=scores(y[te], pred, n), include_other=include_other, balance=balance_to,
-               cpu=cpu_name(), reverse=reverse)
+               cpu=cpu_model(), reverse=reverse)
     dec, _ = flow_decisions(probs, ds["flow"][te], ds["ts"][te], k_flow)
     res["flow_k"] = k_flow
     res["flow_decision_packets"] = scores(y[te], dec, n)  # packet-weighted, flow decisions

@@ -72,6 +72,8 @@ def build(family: str, budget: int, n_classes: int, seed: int = 0, reverse: bool
     the zero padding that ends most packets; in int8 every padded step adds quantisation
     noise, and the 100k and 1M LSTMs lost 3-6 points (argmax agreement with Keras 0.46 at
     100k, 0.85 read backwards). Same input view, same parameter count."""
+    if reverse and family != "lstm":
+        raise ValueError("reverse applies to the LSTM only")
     import keras
     from keras import layers
 
@@ -107,8 +109,6 @@ def build(family: str, budget: int, n_classes: int, seed: int = 0, reverse: bool
         out = layers.Dense(n_classes, name="scores")(inp)
     else:
         raise ValueError(f"unknown family {family!r}")
-    if reverse and family != "lstm":
-        raise ValueError("reverse applies to the LSTM only")
     model = keras.Model(inp, out, name=f"{family}_{budget}")
     return model, model.count_params()
 
