@@ -39,6 +39,10 @@ def cmd_sweep(a):
     _train_import("sweep").main(a)
 
 
+def cmd_crossval(a):
+    _train_import("crossval").main(a)
+
+
 def cmd_report(a):
     _train_import("report").main(a)
 
@@ -130,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, helptext in (("train", cmd_train, "train one configuration (training extra)"),
                                ("sweep", cmd_sweep, "the paper's grid: families x budgets x learning rates"),
+                               ("crossval", cmd_crossval, "capture-disjoint cross-validation of one model "
+                                "variant (traffic never seen in training)"),
                                ("export", cmd_export, "export trained models to TFLite and ship them"),
                                ("report", cmd_report, "tables and plots from sweep results")):
         sp = sub.add_parser(name, help=helptext)

@@ -87,3 +87,27 @@ def model_input(x: np.ndarray, view: str, dtype) -> np.ndarray:
     if np.dtype(dtype) == np.uint8:
         return x.reshape(-1, *shape)
     return as_flat(x).reshape(-1, *shape)
+
+
+# A flow's shape, for models that read a flow rather than one packet (issue 9's ablation):
+# per payload packet of its first FLOW_PACKETS, the size signed by direction (+ client to
+# server) and the log gap since the flow's previous payload packet. No ports, no addresses.
+FLOW_PACKETS = 16
+
+
+def flow_shape(payload_len: np.ndarray, direction: np.ndarray, ts: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """float32[F, 2*FLOW_PACKETS] for F flows, given their payload packets in time order,
+    flow after flow, flow i beginning at starts[i]; a shorter flow is zero-padded."""
+    n = len(payload_len)
+    ends = np.r_[starts[1:], n]
+    rank = np.arange(n) - np.repeat(starts, ends - starts)
+    flow = np.repeat(np.arange(len(starts)), ends - starts)
+    size = np.minimum(payload_len, N_BYTES) / N_BYTES * np.where(direction == 0, 1.0, -1.0)
+    gap = np.r_[0.0, np.diff(ts)]
+    gap[rank == 0] = 0.0
+    gap = np.minimum(np.log1p(np.maximum(gap, 0.0) * 1000.0) / 10.0, 1.0)  # ms, log, ~[0,1]
+    out = np.zeros((len(starts), FLOW_PACKETS, 2), np.float32)
+    use = rank < FLOW_PACKETS
+    out[flow[use], rank[use], 0] = size[use]
+    out[flow[use], rank[use], 1] = gap[use]
+    return out.reshape(len(starts), -1)

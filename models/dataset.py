@@ -177,8 +177,9 @@ def choose_classes(app: np.ndarray, apps: List[str], flow: np.ndarray, group: np
     return [a for _, a in sorted(stats, reverse=True)]
 
 
-def group_split(groups: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Assign whole groups to train/val/test, aiming at 64/16/20 of every class's packets.
+def group_split(groups: np.ndarray, y: np.ndarray, seed: int, fractions=SPLIT_FRACTIONS) -> np.ndarray:
+    """Assign whole groups to train/val/test, aiming at 64/16/20 of every class's packets
+    (or to len(fractions) parts of those sizes: cross-validation folds).
 
     Each group weighs, per class, its share of that class's packets, so a
     capture holding most of a rare class counts as much as a big one of
@@ -195,13 +196,13 @@ def group_split(groups: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     share = counts / np.maximum(counts.sum(0), 1)[None, :]  # group's share of each class
     order = rng.permutation(len(ug))
     order = order[np.argsort(-share[order].max(1), kind="stable")]
-    frac = np.array(SPLIT_FRACTIONS)[:, None]
-    have = np.zeros((3, n_cls))  # share of each class already in each part
+    frac = np.array(fractions)[:, None]
+    have = np.zeros((len(fractions), n_cls))  # share of each class already in each part
     part_of = np.zeros(len(ug), np.int8)
     for g in order:
         shortfall = np.clip(frac - have, 0, None) - np.clip(have + share[g][None, :] - frac, 0, None)
         score = (shortfall * share[g][None, :]).sum(1) / max(share[g].sum(), 1e-12)
-        p = int(np.argmax(score + rng.uniform(0, 1e-9, 3)))
+        p = int(np.argmax(score + rng.uniform(0, 1e-9, len(fractions))))
         part_of[g] = p
         have[p] += share[g]
     return part_of[inv]

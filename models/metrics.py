@@ -16,6 +16,13 @@ def scores(y_true, y_pred, n, weights=None) -> dict:
     w = np.ones(len(y_true)) if weights is None else np.asarray(weights, float)
     m = np.zeros((n, n))
     np.add.at(m, (y_true, y_pred), w)
+    return from_confusion(m)
+
+
+def from_confusion(m) -> dict:
+    """scores() from a confusion matrix (rows: true class, columns: predicted)."""
+    m = np.asarray(m, float)
+    n = len(m)
     tp = np.diag(m)
     prec = np.divide(tp, m.sum(0), out=np.zeros(n), where=m.sum(0) > 0)
     rec = np.divide(tp, m.sum(1), out=np.zeros(n), where=m.sum(1) > 0)

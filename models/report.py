@@ -144,18 +144,22 @@ def plot_batch(rs, path, title):
 
 
 def plot_confusion(r, path):
+    plot_matrix(np.array(r["packet"]["confusion"], float), r["classes"], r["classes"],
+                f"{r['family'].upper()} {r['params']:,} params, {r['split']} split: "
+                f"accuracy {r['packet']['accuracy']:.3f}", path)
+
+
+def plot_matrix(m, rows, cols, title, path):
+    """A confusion matrix, each row normalised to the share of its true class."""
     plt = _plt()
-    m = np.array(r["packet"]["confusion"], float)
     m = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
-    n = len(r["classes"])
-    ax.set_xticks(range(n), r["classes"], rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), r["classes"], fontsize=7)
+    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("nDPI label")
-    ax.set_title(f"{r['family'].upper()} {r['params']:,} params, {r['split']} split: "
-                 f"accuracy {r['packet']['accuracy']:.3f}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.colorbar(im)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -251,4 +255,7 @@ def build(runs, out, measure_speed=True, log=print):
 
 
 def main(a):
+    if a.cv:
+        from . import unseen
+        return unseen.build(a.cv, a.out, a.dataset)
     build(a.runs, a.out)

@@ -16,12 +16,12 @@ import numpy as np
 
 from bench.machine import cpu_model
 from daemon.errors import CliError
-from daemon.features import as_flat, as_sequence
+from daemon.features import MASK, N_BYTES, as_flat, as_sequence
 
 from . import dataset, zoo
 from .metrics import flow_decisions, scores
 
-LR_GRID = {"mlp": [1e-3, 5e-4, 1e-4], "lstm": [1e-2, 5e-3, 1e-3], "cnn": [1e-3], "svm": [0.0]}
+LR_GRID = {"mlp": [1e-3, 5e-4, 1e-4], "lstm": [1e-2, 5e-3, 1e-3], "cnn": [1e-3], "cnnlstm": [1e-3], "svm": [0.0]}
 SPLITS = ("random", "flow", "capture")
 
 
@@ -46,6 +46,19 @@ def view(family, x):
     return as_sequence(x) if zoo.view_of(family) == "sequence" else as_flat(x)
 
 
+def shift_options(x, seed, step=4, most=12):
+    """The bytes after the 20 masked ones pushed right by 4, 8 or 12 bytes of TCP NOP options
+    (0x01): the same payload behind a longer header, as another stack or middlebox would send it."""
+    rng = np.random.default_rng(seed)
+    out = x.copy()
+    shift = step * rng.integers(1, most // step + 1, len(x))
+    for s in range(step, most + 1, step):
+        rows = np.flatnonzero(shift == s)
+        out[rows, MASK + s:] = x[rows, MASK:N_BYTES - s]
+        out[rows, MASK:MASK + s] = 1
+    return out
+
+
 def keras_speed(model, x_one, calls=30) -> float:
     """Packets/s of Keras predict on one packet per call: the paper's measurement."""
     model.predict(x_one, verbose=0)
@@ -55,19 +68,14 @@ def keras_speed(model, x_one, calls=30) -> float:
     return calls / (time.perf_counter() - t)
 
 
-def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, batch_size=128,
-               seed=0, include_other=False, balance_to=None, class_weight=True, verbose=1, k_flow=5,
-               reverse=False):
-    """Train one cell and write its results.json; returns the results dict."""
+def fit(ds, family, budget, lr, tr, va, n, epochs=30, patience=5, batch_size=128, seed=0, class_weight=True,
+        verbose=1, reverse=False, augment=False):
+    """Train `family` on the packets `tr` (early stopping on `va`) for `n` classes.
+    augment: train on each packet twice, once with its bytes after the mask shifted (shift_options).
+
+    Returns (model, parameters, epochs run, best validation accuracy, seconds)."""
     import keras
 
-    tr, va, te = select(ds, split, include_other, balance_to, seed)
-    for part, idx in (("training", tr), ("validation", va), ("test", te)):
-        if not len(idx):
-            raise CliError(f"the {split} split leaves no {part} packets of the model's classes "
-                           f"(too few captures or flows for it)")
-    classes = ds["classes"] if include_other else ds["classes"][:-1]
-    n = len(classes)
     X, y = ds["X"], ds["label"]
     t0 = time.time()
     if family == "svm":
@@ -93,12 +101,31 @@ def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, ba
             cw = {i: (len(tr) / (n * c) if c else 0.0) for i, c in enumerate(counts)}
         stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
                                              restore_best_weights=True)
-        hist = model.fit(view(family, X[tr]), y[tr], validation_data=(view(family, X[va]), y[va]),
+        xtr, ytr = X[tr], y[tr]
+        if augment:
+            xtr, ytr = np.concatenate([xtr, shift_options(xtr, seed)]), np.r_[ytr, ytr]
+        hist = model.fit(view(family, xtr), ytr, validation_data=(view(family, X[va]), y[va]),
                          epochs=epochs, batch_size=batch_size, class_weight=cw, callbacks=[stop],
                          verbose=verbose, shuffle=True)
         epochs_run = len(hist.history["loss"])
         best_val = float(max(hist.history["val_accuracy"]))
-    train_s = time.time() - t0
+    return model, params, epochs_run, best_val, time.time() - t0
+
+
+def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, batch_size=128,
+               seed=0, include_other=False, balance_to=None, class_weight=True, verbose=1, k_flow=5,
+               reverse=False):
+    """Train one cell and write its results.json; returns the results dict."""
+    tr, va, te = select(ds, split, include_other, balance_to, seed)
+    for part, idx in (("training", tr), ("validation", va), ("test", te)):
+        if not len(idx):
+            raise CliError(f"the {split} split leaves no {part} packets of the model's classes "
+                           f"(too few captures or flows for it)")
+    classes = ds["classes"] if include_other else ds["classes"][:-1]
+    n = len(classes)
+    X, y = ds["X"], ds["label"]
+    model, params, epochs_run, best_val, train_s = fit(
+        ds, family, budget, lr, tr, va, n, epochs, patience, batch_size, seed, class_weight, verbose, reverse)
 
     probs = model.predict(view(family, X[te]), batch_size=1024, verbose=0)
     pred = probs.argmax(1)

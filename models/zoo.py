@@ -34,6 +34,32 @@ def lstm_params(units, n_classes, dense=0):
     return p + d * n_classes + n_classes
 
 
+EMBED = 16  # CNN: dimensions of the learned per-byte-value table
+
+
+def cnn_params(f, n_classes):
+    return 256 * EMBED + (7 * EMBED * f + f) + (5 * f * 2 * f + 2 * f) + (2 * f * n_classes + n_classes)
+
+
+def cnn_filters(budget, n_classes):
+    """First-layer filters (the second has twice as many) that land nearest the budget."""
+    return min(range(4, 1024), key=lambda f: abs(cnn_params(f, n_classes) - budget))
+
+
+CNNLSTM_FILTERS = 32
+
+
+def cnnlstm_units(budget, n_classes):
+    fixed = 256 * EMBED + 7 * EMBED * CNNLSTM_FILTERS + CNNLSTM_FILTERS
+    p = lambda u: fixed + 4 * (u * (CNNLSTM_FILTERS + u) + u) + u * n_classes + n_classes
+    return min(range(4, 2048), key=lambda u: abs(p(u) - budget))
+
+
+def flowmlp_width(budget, n_classes, n_in=32):
+    p = lambda w: n_in * w + w + w * (w // 2) + w // 2 + (w // 2) * n_classes + n_classes
+    return min(range(4, 4096), key=lambda w: abs(p(w) - budget))
+
+
 def mlp_shape(budget, n_classes):
     """Two hidden layers (the second half as wide) once the budget allows 32 units, else one."""
     best = None
@@ -94,14 +120,38 @@ def build(family: str, budget: int, n_classes: int, seed: int = 0, reverse: bool
                             go_backwards=reverse and i == 0)(x)
         out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     elif family == "cnn":
-        # issue 9: filters that find a signature at any offset (a TLS server name, a protocol magic)
+        # issue 9: filters that find a signature at any offset (a TLS server name, a protocol
+        # magic). Each byte value is looked up in a learned table first: bytes are symbols
+        # ('w' is not 'v' plus a little), which a convolution over bytes/255 cannot see. The
+        # input stays the flat view, so the daemon feeds it like the MLP.
+        f = cnn_filters(budget, n_classes)
         inp = keras.Input((N_IN,), name="bytes")
-        f = max(8, int(math.sqrt(budget / 40)))
-        x = layers.Reshape((N_IN, 1))(inp)
+        x = layers.Lambda(lambda v: keras.ops.cast(keras.ops.round(v * 255.0), "int32"), name="byte_ids")(inp)
+        x = layers.Embedding(256, EMBED)(x)
         x = layers.Conv1D(f, 7, strides=2, activation="relu")(x)
         x = layers.MaxPooling1D(3)(x)
         x = layers.Conv1D(2 * f, 5, activation="relu")(x)
         x = layers.GlobalMaxPooling1D()(x)
+        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    elif family == "cnnlstm":
+        # the paper's future work: the CNN's byte-value table and first filters, then an LSTM
+        # reading the pooled filter responses in order (92 steps, unrolled for TFLite)
+        u = cnnlstm_units(budget, n_classes)
+        inp = keras.Input((N_IN,), name="bytes")
+        x = layers.Lambda(lambda v: keras.ops.cast(keras.ops.round(v * 255.0), "int32"), name="byte_ids")(inp)
+        x = layers.Embedding(256, EMBED)(x)
+        x = layers.Conv1D(CNNLSTM_FILTERS, 7, strides=2, activation="relu")(x)
+        x = layers.MaxPooling1D(8)(x)
+        x = layers.LSTM(u, unroll=True)(x)
+        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    elif family == "flowmlp":
+        # issue 9's ablation: no payload at all, the sizes, directions and gaps of a flow's
+        # first packets (daemon.features.flow_shape); the MLP's widths at this budget
+        from daemon.features import FLOW_PACKETS
+        w = flowmlp_width(budget, n_classes)
+        inp = keras.Input((2 * FLOW_PACKETS,), name="flow_shape")
+        x = layers.Dense(w, activation="relu")(inp)
+        x = layers.Dense(w // 2, activation="relu")(x)
         out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     elif family == "svm":
         # a linear SVM exported as one Dense layer: scores = W x + b (trained by scikit-learn)

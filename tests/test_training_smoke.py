@@ -80,3 +80,34 @@ def test_tiny_sweep_export_and_serve(tmp_path):
     assert set(shipped[0]["accuracy"]) == {"flow"}
     cli("report", "--runs", runs, "--out", rep)
     assert len(json.load(open(rep + "-results.json"))) == len(cells)
+
+
+def test_tiny_crossval_and_unseen_report(tmp_path):
+    """crossval over capture groups, one epoch, then the unseen-traffic report from its folds."""
+    ds, cv, rep = (str(tmp_path / n) for n in ("ds.npz", "cv", "unseen"))
+    cli("dataset", "build", *CAPTURES, "-o", ds, "--classes", "WhatsApp,Facebook,DoH_DoT,Dropbox", "-q")
+    r = cli("crossval", "-d", ds, "--out", cv, "--family", "mlp", "--budget", "15000", "--folds", "3",
+            "--epochs", "1", "--seeds", "0,1")
+    # five captures, one class each: a fold whose validation part holds none of the classes is
+    # skipped with its reason, the others train
+    trained = r.stderr.count(" params, ")
+    assert trained >= 3 and trained + r.stderr.count("skipped: no training or validation") == 6, r.stderr
+    assert "flow k=3+reject" in r.stdout
+    r = cli("crossval", "-d", ds, "--out", cv, "--family", "mlp", "--budget", "15000", "--folds", "3",
+            "--epochs", "1", "--seeds", "0,1")
+    assert r.stderr.count("done before, skipped") == trained  # resumable: finished folds are not retrained
+    cli("crossval", "-d", ds, "--out", cv, "--family", "flowmlp", "--budget", "5000", "--folds", "3",
+        "--epochs", "1", "--no-tflite")
+    cli("report", "--cv", cv, "--out", rep)
+    md = open(rep + ".md").read()
+    for section in ("## The variants", "## Against the target", "## How many packets decide a flow",
+                    "## Progressive decisions", "## The reject threshold", "## Where the best variant goes wrong"):
+        assert section in md
+    for png in ("k-sweep.png", "open-set.png", "confusion.png"):
+        assert os.path.getsize(os.path.join(rep + "-figures", png)) > 1000
+    res = json.load(open(rep + "-results.json"))
+    assert set(res) == {"mlp-15000", "flowmlp-5000"}
+    m = res["mlp-15000"]
+    assert len(m["folds"]) == trained and "tflite_bytes" in m["folds"][0] and m["folds"][0]["int8_agreement"] >= 0
+    acc, spread = m["rules"]["flow k=3"]["accuracy"]
+    assert 0 <= acc <= 1 and spread >= 0
