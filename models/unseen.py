@@ -346,15 +346,22 @@ def build(cv_dir, out, dataset_path=None, log=print):
     m = pooled_confusion(ds, conf_b, folds_b)
     plot_matrix(m.astype(float), ds["classes"], ds["classes"],
                 f"{best}: flow decisions + reject, all folds' test packets", os.path.join(figdir, "confusion.png"))
-    f1 = from_confusion(m)["f1"]
+    known = m.copy()
+    known[-1] = 0  # the model's classes only; the `other` row (the open set) is its own figure
+    f1 = from_confusion(known)["f1"]
+    recall = np.diag(m)[:-1] / np.maximum(m[:-1].sum(1), 1)
+    prec_all = np.diag(m)[:-1] / np.maximum(m[:, :-1].sum(0), 1)
     md += ["## Where the best variant goes wrong", "", f"![confusion]({rel}/confusion.png)", "",
-           "Per class (all folds pooled): F1 of the flow decisions with the reject threshold, and how "
-           "concentrated the class is in the corpus. *top group*: share of its packets in its largest capture "
-           "group, the one the model never saw when that group is tested; *top flow*: share in its largest flow.", "",
-           "| class | packets | flows | capture groups | top group | top flow | F1 |", "|---|---:|---:|---:|---:|---:|---:|"]
+           "Per class, all folds' test packets pooled, flow decisions with the reject threshold: recall, F1 "
+           "among the model's classes, and precision once the other applications' packets are counted too "
+           "(when the daemon says WhatsApp, how often it is). Then how concentrated the class is in the corpus: "
+           "*top group* is the share of its packets in its largest capture group, which the model never saw "
+           "in the fold that tests it; *top flow*, the share in its largest flow.", "",
+           "| class | recall | F1 | precision, all traffic | packets | flows | capture groups | top group | top flow |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, row in enumerate(corpus_limits(ds)):
-        md.append(f"| {row['cls']} | {row['packets']:,} | {row['flows']} | {row['groups']} | "
-                  f"{100 * row['top_group']:.0f} % | {100 * row['top_flow']:.0f} % | {f1[i]:.2f} |")
+        md.append(f"| {row['cls']} | {recall[i]:.2f} | {f1[i]:.2f} | {prec_all[i]:.2f} | {row['packets']:,} | "
+                  f"{row['flows']} | {row['groups']} | {100 * row['top_group']:.0f} % | {100 * row['top_flow']:.0f} % |")
     md += [""]
 
     md += ["## Spread across folds", "", "Per-packet accuracy of the flow decisions (k = "

@@ -119,30 +119,26 @@ def build(family: str, budget: int, n_classes: int, seed: int = 0, reverse: bool
             x = layers.LSTM(u, unroll=True, return_sequences=i < len(units) - 1,
                             go_backwards=reverse and i == 0)(x)
         out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
-    elif family == "cnn":
+    elif family in ("cnn", "cnnlstm"):
         # issue 9: filters that find a signature at any offset (a TLS server name, a protocol
         # magic). Each byte value is looked up in a learned table first: bytes are symbols
         # ('w' is not 'v' plus a little), which a convolution over bytes/255 cannot see. The
         # input stays the flat view, so the daemon feeds it like the MLP.
-        f = cnn_filters(budget, n_classes)
         inp = keras.Input((N_IN,), name="bytes")
         x = layers.Lambda(lambda v: keras.ops.cast(keras.ops.round(v * 255.0), "int32"), name="byte_ids")(inp)
         x = layers.Embedding(256, EMBED)(x)
-        x = layers.Conv1D(f, 7, strides=2, activation="relu")(x)
-        x = layers.MaxPooling1D(3)(x)
-        x = layers.Conv1D(2 * f, 5, activation="relu")(x)
-        x = layers.GlobalMaxPooling1D()(x)
-        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
-    elif family == "cnnlstm":
-        # the paper's future work: the CNN's byte-value table and first filters, then an LSTM
-        # reading the pooled filter responses in order (92 steps, unrolled for TFLite)
-        u = cnnlstm_units(budget, n_classes)
-        inp = keras.Input((N_IN,), name="bytes")
-        x = layers.Lambda(lambda v: keras.ops.cast(keras.ops.round(v * 255.0), "int32"), name="byte_ids")(inp)
-        x = layers.Embedding(256, EMBED)(x)
-        x = layers.Conv1D(CNNLSTM_FILTERS, 7, strides=2, activation="relu")(x)
-        x = layers.MaxPooling1D(8)(x)
-        x = layers.LSTM(u, unroll=True)(x)
+        if family == "cnn":
+            f = cnn_filters(budget, n_classes)
+            x = layers.Conv1D(f, 7, strides=2, activation="relu")(x)
+            x = layers.MaxPooling1D(3)(x)
+            x = layers.Conv1D(2 * f, 5, activation="relu")(x)
+            x = layers.GlobalMaxPooling1D()(x)
+        else:
+            # the paper's future work, a CNN-LSTM: the first filters, then an LSTM reading
+            # their pooled responses in order (92 steps, unrolled for TFLite)
+            x = layers.Conv1D(CNNLSTM_FILTERS, 7, strides=2, activation="relu")(x)
+            x = layers.MaxPooling1D(8)(x)
+            x = layers.LSTM(cnnlstm_units(budget, n_classes), unroll=True)(x)
         out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     elif family == "flowmlp":
         # issue 9's ablation: no payload at all, the sizes, directions and gaps of a flow's
