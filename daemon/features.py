@@ -111,3 +111,18 @@ def flow_shape(payload_len: np.ndarray, direction: np.ndarray, ts: np.ndarray, s
     out[flow[use], rank[use], 0] = size[use]
     out[flow[use], rank[use], 1] = gap[use]
     return out.reshape(len(starts), -1)
+
+
+FIRST_PACKETS = 3  # payload packets a flow-bytes model reads together (the daemon's default k)
+
+
+def first_packets(x: np.ndarray, starts: np.ndarray, k: int = FIRST_PACKETS) -> np.ndarray:
+    """uint8[F, k*1480]: the payload_bytes rows of each flow's first k payload packets side by
+    side (rows in time order, flow after flow, flow i beginning at starts[i]); zero-padded."""
+    n = len(x)
+    ends = np.r_[starts[1:], n]
+    out = np.zeros((len(starts), k, N_BYTES), np.uint8)
+    for j in range(k):
+        has = starts + j < ends
+        out[has, j] = x[starts[has] + j]
+    return out.reshape(len(starts), -1)

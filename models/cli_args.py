@@ -28,7 +28,8 @@ def add(name, p):
         p.add_argument("--dataset", "-d", required=True, help="dataset .npz from `tc-daemon dataset build`")
         p.add_argument("--out", default="runs/cv", help="results folder (one subfolder per variant)")
         p.add_argument("--name", help="variant name (default: from family, budget and options)")
-        p.add_argument("--family", choices=["svm", "mlp", "lstm", "cnn", "cnnlstm", "flowmlp"], required=True)
+        p.add_argument("--family", choices=["svm", "mlp", "lstm", "cnn", "cnnlstm", "flowmlp", "flowbytes"],
+                       required=True)
         p.add_argument("--budget", type=int, default=100_000, help="parameter budget")
         p.add_argument("--lr", type=float, default=1e-3)
         p.add_argument("--folds", type=int, default=5)

@@ -21,13 +21,13 @@ import time
 import numpy as np
 
 from daemon.errors import CliError
-from daemon.features import flow_shape
+from daemon.features import as_flat, first_packets, flow_shape
 
 from . import dataset, zoo
 from .export import calibrate_threshold
 from .train import fit, view
 
-FLOW_FAMILIES = ("flowmlp",)  # families that read a flow's packet sizes and gaps, not one packet's bytes
+FLOW_FAMILIES = ("flowmlp", "flowbytes")  # families that read a flow, not one packet: one row per flow
 
 
 def folds(ds, k: int, seed: int) -> np.ndarray:
@@ -35,12 +35,16 @@ def folds(ds, k: int, seed: int) -> np.ndarray:
     return dataset.group_split(ds["group"], ds["label"], seed, fractions=[1.0 / k] * k)
 
 
-def flow_rows(ds, idx):
-    """One row per flow among the packets idx: (flow ids, flow_shape features, labels)."""
+def flow_rows(ds, idx, family):
+    """One row per flow among the packets idx: (flow ids, the family's input, labels).
+    flowmlp reads the flow's shape (sizes, directions, gaps); flowbytes its first packets' bytes."""
     order = idx[np.lexsort((ds["ts"][idx], ds["flow"][idx]))]
     f = ds["flow"][order]
     starts = np.r_[0, np.flatnonzero(np.diff(f)) + 1]
-    x = flow_shape(ds["payload_len"][order], ds["direction"][order], ds["ts"][order], starts)
+    if family == "flowbytes":
+        x = as_flat(first_packets(ds["X"][order], starts))
+    else:
+        x = flow_shape(ds["payload_len"][order], ds["direction"][order], ds["ts"][order], starts)
     return f[starts], x, ds["label"][order][starts]
 
 
@@ -94,7 +98,7 @@ def run_fold(ds, a, fold_of, f, seed, out_path):
         import keras
         sub = {}
         for part, idx in (("tr", tr), ("va", va), ("te", test_all)):
-            sub[part] = flow_rows(ds, idx)
+            sub[part] = flow_rows(ds, idx, a.family)
         t0 = time.time()
         model, params = zoo.build(a.family, a.budget, n, seed)
         model.compile(optimizer=keras.optimizers.Adam(a.lr), loss="sparse_categorical_crossentropy",

@@ -179,19 +179,32 @@ def pooled_confusion(ds, conf, folds):
     return m
 
 
+def tls_hello_flows(ds):
+    """Flow ids with a cleartext TLS ClientHello (record 0x16 0x03, handshake type 1) in a payload
+    packet: where a byte model could read a server name. QUIC hides its name in encrypted
+    Initial packets and most other protocols carry none."""
+    X = ds["X"]
+    hit = np.zeros(len(X), bool)
+    for j in range(20, 80):  # the record starts after the TCP header, options included
+        hit |= (X[:, j] == 0x16) & (X[:, j + 1] == 0x03) & (X[:, j + 5] == 0x01)
+    return np.unique(ds["flow"][hit])
+
+
 def corpus_limits(ds):
     """Per class: how concentrated it is. A class whose packets sit mostly in one capture
     group is, in the fold that tests that group, learned from the little that is left."""
+    in_hello = np.isin(ds["flow"], tls_hello_flows(ds))
     rows = []
     for i, c in enumerate(ds["classes"][:-1]):
         sel = ds["label"] == i
         if not sel.any():
-            rows.append(dict(cls=c, packets=0, flows=0, groups=0, top_group=0.0, top_flow=0.0))
+            rows.append(dict(cls=c, packets=0, flows=0, groups=0, top_group=0.0, top_flow=0.0, hello=0.0))
             continue
         g = np.bincount(ds["group"][sel])
         fl = np.unique(ds["flow"][sel], return_counts=True)[1]
         rows.append(dict(cls=c, packets=int(sel.sum()), flows=len(fl), groups=int((g > 0).sum()),
-                         top_group=float(g.max() / sel.sum()), top_flow=float(fl.max() / sel.sum())))
+                         top_group=float(g.max() / sel.sum()), top_flow=float(fl.max() / sel.sum()),
+                         hello=float(in_hello[sel].mean())))
     return rows
 
 
@@ -263,7 +276,8 @@ def build(cv_dir, out, dataset_path=None, log=print):
         cmd = (f"`tc-daemon crossval -d {os.path.basename(conf['dataset'])} --family {conf['family']} "
                f"--budget {conf['budget']} --lr {conf['lr']:g} --seeds {','.join(map(str, sorted({f['meta']['seed'] for f in folds})))}"
                + (" --reverse" if conf.get("reverse") else "") + (" --include-other" if conf["include_other"] else "")
-               + ("" if conf["class_weight"] else " --no-class-weight") + "`")
+               + ("" if conf["class_weight"] else " --no-class-weight") + (" --augment" if conf.get("augment") else "")
+               + (f" --epochs {conf['epochs']}" if conf.get("epochs", 30) != 30 else "") + "`")
         md.append(f"| {name} | {m0['params']:,} | {m0['tflite_bytes'] / 1024:.0f} | {g('pps_batch1', '{:,.0f}')} | "
                   f"{g('pps_batch64', '{:,.0f}')} | {g('int8_agreement', '{:.2f}')} | " if 'tflite_bytes' in m0 else
                   f"| {name} | {m0['params']:,} | - | - | - | - | ")
@@ -356,12 +370,14 @@ def build(cv_dir, out, dataset_path=None, log=print):
            "among the model's classes, and precision once the other applications' packets are counted too "
            "(when the daemon says WhatsApp, how often it is). Then how concentrated the class is in the corpus: "
            "*top group* is the share of its packets in its largest capture group, which the model never saw "
-           "in the fold that tests it; *top flow*, the share in its largest flow.", "",
-           "| class | recall | F1 | precision, all traffic | packets | flows | capture groups | top group | top flow |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "in the fold that tests it; *top flow*, the share in its largest flow; *TLS hello*, the share in flows "
+           "with a cleartext TLS ClientHello, where a server name could be read at all.", "",
+           "| class | recall | F1 | precision, all traffic | packets | flows | capture groups | top group | top flow "
+           "| TLS hello |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for i, row in enumerate(corpus_limits(ds)):
         md.append(f"| {row['cls']} | {recall[i]:.2f} | {f1[i]:.2f} | {prec_all[i]:.2f} | {row['packets']:,} | "
-                  f"{row['flows']} | {row['groups']} | {100 * row['top_group']:.0f} % | {100 * row['top_flow']:.0f} % |")
+                  f"{row['flows']} | {row['groups']} | {100 * row['top_group']:.0f} % | {100 * row['top_flow']:.0f} % | "
+                  f"{100 * row['hello']:.0f} % |")
     md += [""]
 
     md += ["## Spread across folds", "", "Per-packet accuracy of the flow decisions (k = "

@@ -55,6 +55,10 @@ def cnnlstm_units(budget, n_classes):
     return min(range(4, 2048), key=lambda u: abs(p(u) - budget))
 
 
+def flowbytes_width(budget, n_classes, k=3):
+    return min(range(4, 4096), key=lambda w: abs(N_IN * w + w + k * w * n_classes + n_classes - budget))
+
+
 def flowmlp_width(budget, n_classes, n_in=32):
     p = lambda w: n_in * w + w + w * (w // 2) + w // 2 + (w // 2) * n_classes + n_classes
     return min(range(4, 4096), key=lambda w: abs(p(w) - budget))
@@ -148,6 +152,17 @@ def build(family: str, budget: int, n_classes: int, seed: int = 0, reverse: bool
         inp = keras.Input((2 * FLOW_PACKETS,), name="flow_shape")
         x = layers.Dense(w, activation="relu")(inp)
         x = layers.Dense(w // 2, activation="relu")(x)
+        out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    elif family == "flowbytes":
+        # issue 9's ablation: a flow's first packets read together, not averaged: one Dense
+        # layer shared by the packets (what a packet says), then one over their outputs side by
+        # side (what the exchange says)
+        from daemon.features import FIRST_PACKETS
+        w = flowbytes_width(budget, n_classes)
+        inp = keras.Input((FIRST_PACKETS * N_IN,), name="first_packets")
+        x = layers.Reshape((FIRST_PACKETS, N_IN))(inp)
+        x = layers.Dense(w, activation="relu")(x)
+        x = layers.Flatten()(x)
         out = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     elif family == "svm":
         # a linear SVM exported as one Dense layer: scores = W x + b (trained by scikit-learn)

@@ -8,7 +8,7 @@ whose answers are computed here independently, in plain loops.
 """
 import numpy as np
 
-from daemon.features import FLOW_PACKETS, flow_shape
+from daemon.features import FLOW_PACKETS, first_packets, flow_shape
 from models import dataset, unseen
 
 # 3 classes of the model (0, 1, 2) + other (3); four flows, packets deliberately out of time order
@@ -113,3 +113,10 @@ def test_flow_shape_signs_sizes_by_direction_and_pads():
     assert np.allclose(x[0, :3, 0], [100 / 1480, -1.0, 0.0])
     assert np.allclose(x[0, :3, 1], [0.0, np.log1p(10.0) / 10, np.log1p(1000.0) / 10])
     assert np.allclose(x[1, 0], [-50 / 1480, 0.0]) and not x[0, 3:].any() and not x[1, 1:].any()
+
+
+def test_first_packets_puts_a_flows_first_rows_side_by_side():
+    x = np.arange(5, dtype=np.uint8)[:, None].repeat(1480, 1)  # row i is all i
+    out = first_packets(x, np.array([0, 4]), k=3).reshape(2, 3, 1480)
+    assert (out[0, :, 0] == [0, 1, 2]).all()          # flow 0: rows 0..3, the first three kept
+    assert out[1, 0, 0] == 4 and not out[1, 1:].any()  # flow 1: one row, then zero padding
