@@ -25,7 +25,7 @@ from daemon.features import as_flat, first_packets, flow_shape
 
 from . import dataset, zoo
 from .export import calibrate_threshold
-from .train import fit, view
+from .train import fit, fit_keras, view
 
 FLOW_FAMILIES = ("flowmlp", "flowbytes")  # families that read a flow, not one packet: one row per flow
 
@@ -95,22 +95,14 @@ def run_fold(ds, a, fold_of, f, seed, out_path):
         raise CliError("no training or validation packets of the model's classes (too few capture groups)")
     n = other + 1 if a.include_other else other
     if a.family in FLOW_FAMILIES:
-        import keras
         sub = {}
         for part, idx in (("tr", tr), ("va", va), ("te", test_all)):
             sub[part] = flow_rows(ds, idx, a.family)
         t0 = time.time()
         model, params = zoo.build(a.family, a.budget, n, seed)
-        model.compile(optimizer=keras.optimizers.Adam(a.lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        ytr = sub["tr"][2]
-        counts = np.bincount(ytr, minlength=n).astype(float)
-        cw = {i: (len(ytr) / (n * c) if c else 0.0) for i, c in enumerate(counts)} if not a.no_class_weight else None
-        hist = model.fit(sub["tr"][1], ytr, validation_data=(sub["va"][1], sub["va"][2]), epochs=a.epochs,
-                         batch_size=64, class_weight=cw, verbose=0, shuffle=True,
-                         callbacks=[keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=a.patience,
-                                                                  restore_best_weights=True)])
-        epochs_run, best_val, secs = len(hist.history["loss"]), float(max(hist.history["val_accuracy"])), time.time() - t0
+        epochs_run, best_val = fit_keras(model, a.lr, sub["tr"][1], sub["tr"][2], sub["va"][1], sub["va"][2],
+                                         a.epochs, a.patience, 64, not a.no_class_weight)
+        secs = time.time() - t0
         fp = model.predict(sub["te"][1], batch_size=1024, verbose=0)
         probs = fp[np.searchsorted(sub["te"][0], ds["flow"][test_all])]
         v_probs, v_y = model.predict(sub["va"][1], batch_size=1024, verbose=0), sub["va"][2]

@@ -93,23 +93,30 @@ def fit(ds, family, budget, lr, tr, va, n, epochs=30, patience=5, batch_size=128
         epochs_run, best_val = 0, float((svm.predict(as_flat(X[va])) == y[va]).mean()) if len(va) else 0.0
     else:
         model, params = zoo.build(family, budget, n, seed, reverse=reverse)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-        cw = None
-        if class_weight:
-            counts = np.bincount(y[tr], minlength=n).astype(float)
-            cw = {i: (len(tr) / (n * c) if c else 0.0) for i, c in enumerate(counts)}
-        stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience,
-                                             restore_best_weights=True)
         xtr, ytr = X[tr], y[tr]
         if augment:
             xtr, ytr = np.concatenate([xtr, shift_options(xtr, seed)]), np.r_[ytr, ytr]
-        hist = model.fit(view(family, xtr), ytr, validation_data=(view(family, X[va]), y[va]),
-                         epochs=epochs, batch_size=batch_size, class_weight=cw, callbacks=[stop],
-                         verbose=verbose, shuffle=True)
-        epochs_run = len(hist.history["loss"])
-        best_val = float(max(hist.history["val_accuracy"]))
+        epochs_run, best_val = fit_keras(model, lr, view(family, xtr), ytr, view(family, X[va]), y[va], epochs,
+                                         patience, batch_size, class_weight, verbose)
     return model, params, epochs_run, best_val, time.time() - t0
+
+
+def class_weights(y, n):
+    """Balanced: each class weighs as much as the others in the loss, however many packets it has."""
+    counts = np.bincount(y, minlength=n).astype(float)
+    return {i: (len(y) / (n * c) if c else 0.0) for i, c in enumerate(counts)}
+
+
+def fit_keras(model, lr, xtr, ytr, xva, yva, epochs, patience, batch_size, class_weight=True, verbose=0):
+    """Adam at `lr`, early stopping on validation accuracy (best weights kept): (epochs run, best val)."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=patience, restore_best_weights=True)
+    hist = model.fit(xtr, ytr, validation_data=(xva, yva), epochs=epochs, batch_size=batch_size,
+                     class_weight=class_weights(ytr, model.output_shape[-1]) if class_weight else None,
+                     callbacks=[stop], verbose=verbose, shuffle=True)
+    return len(hist.history["loss"]), float(max(hist.history["val_accuracy"]))
 
 
 def train_cell(ds, family, budget, lr, split, out_dir, epochs=30, patience=5, batch_size=128,
