@@ -267,8 +267,8 @@ def build(cv_dir, out, dataset_path=None, log=print):
            "the classes that end up `other`. Size and speed: fold 0's model exported to int8 TFLite, one thread.",
            "",
            "| variant | params | int8 KiB | pkt/s @1 | pkt/s @64 | int8 agree | per packet | flow | flow macro-F1 "
-           "| flows | flow+reject | macro-F1 | open set | train s/fold | command |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| flows | flows macro-F1 | flow+reject | macro-F1 | open set | train s/fold | command |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, conf, folds in variants:
         r = results[name]["rules"]
         m0 = folds[0]["meta"]
@@ -282,7 +282,8 @@ def build(cv_dir, out, dataset_path=None, log=print):
                   f"{g('pps_batch64', '{:,.0f}')} | {g('int8_agreement', '{:.2f}')} | " if 'tflite_bytes' in m0 else
                   f"| {name} | {m0['params']:,} | - | - | - | - | ")
         md[-1] += (f"{fmt(r['packet']['accuracy'])} | {fmt(r[kd]['accuracy'])} | {fmt(r[kd]['macro_f1'], False)} | "
-                   f"{fmt(r[kd]['flow_accuracy'])} | {fmt(r[kd + '+reject']['accuracy'])} | "
+                   f"{fmt(r[kd]['flow_accuracy'])} | {fmt(r[kd]['flow_macro_f1'], False)} | "
+                   f"{fmt(r[kd + '+reject']['accuracy'])} | "
                    f"{fmt(r[kd + '+reject']['macro_f1'], False)} | {fmt(r[kd + '+reject']['open_set'])} | "
                    f"{np.mean([f['meta']['train_seconds'] for f in folds]):.0f} | {cmd} |")
     md += [""]
@@ -356,16 +357,21 @@ def build(cv_dir, out, dataset_path=None, log=print):
     plt.close(fig)
     md += [f"![open set]({rel}/open-set.png)", ""]
 
-    conf_b, folds_b = next((c, f) for n, c, f in variants if n == best)
-    m = pooled_confusion(ds, conf_b, folds_b)
-    plot_matrix(m.astype(float), ds["classes"], ds["classes"],
-                f"{best}: flow decisions + reject, all folds' test packets", os.path.join(figdir, "confusion.png"))
+    for name, conf, folds in variants:
+        cm = pooled_confusion(ds, conf, folds)
+        plot_matrix(cm.astype(float), ds["classes"], ds["classes"],
+                    f"{name}: flow decisions + reject, all folds' test packets",
+                    os.path.join(figdir, f"confusion-{name}.png"))
+        if name == best:
+            m = cm
     known = m.copy()
     known[-1] = 0  # the model's classes only; the `other` row (the open set) is its own figure
     f1 = from_confusion(known)["f1"]
     recall = np.diag(m)[:-1] / np.maximum(m[:-1].sum(1), 1)
     prec_all = np.diag(m)[:-1] / np.maximum(m[:, :-1].sum(0), 1)
-    md += ["## Where the best variant goes wrong", "", f"![confusion]({rel}/confusion.png)", "",
+    md += ["## Where the best variant goes wrong", "", f"![confusion]({rel}/confusion-{best}.png)", "",
+           "The other variants' confusion matrices: " + ", ".join(
+               f"[{n}]({rel}/confusion-{n}.png)" for n, _, _ in variants if n != best) + ".", "",
            "Per class, all folds' test packets pooled, flow decisions with the reject threshold: recall, F1 "
            "among the model's classes, and precision once the other applications' packets are counted too "
            "(when the daemon says WhatsApp, how often it is). Then how concentrated the class is in the corpus: "

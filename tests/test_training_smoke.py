@@ -103,7 +103,7 @@ def test_tiny_crossval_and_unseen_report(tmp_path):
     for section in ("## The variants", "## Against the target", "## How many packets decide a flow",
                     "## Progressive decisions", "## The reject threshold", "## Where the best variant goes wrong"):
         assert section in md
-    for png in ("k-sweep.png", "open-set.png", "confusion.png"):
+    for png in ("k-sweep.png", "open-set.png", "confusion-mlp-15000.png", "confusion-flowmlp-5000.png"):
         assert os.path.getsize(os.path.join(rep + "-figures", png)) > 1000
     res = json.load(open(rep + "-results.json"))
     assert set(res) == {"mlp-15000", "flowmlp-5000"}
