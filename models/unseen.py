@@ -29,6 +29,7 @@ K_DAEMON = 3                        # pipeline.flow_packets' default
 K_SWEEP = (1, 2, 3, 5, 8, 13, 20, 10**9)
 CONFIDENT = (0.5, 0.7, 0.8, 0.9, 0.95)
 PROGRESSIVE_CAP = 20
+BASELINE = "mlp-100000"  # the paper's MLP at a budget every family can meet: the ablations' reference
 
 
 def load_variant(path):
@@ -264,7 +265,9 @@ def build(cv_dir, out, dataset_path=None, log=print):
            "*+reject*: flows whose mean confidence is under the threshold calibrated on the fold's validation part "
            "become `other`, as the daemon counts them. Accuracy is packet-weighted over packets of the model's "
            "classes; *flows* is flow-weighted; *open set* is the share of the packets of applications outside "
-           "the classes that end up `other`. Size and speed: fold 0's model exported to int8 TFLite, one thread.",
+           "the classes that end up `other`. Size and speed: fold 0's model exported to int8 TFLite, the "
+           "interpreter's invoke alone on one thread (the daemon's own path, features and Python included, is "
+           "what `tc-daemon bench` measures).",
            "",
            "| variant | params | int8 KiB | pkt/s @1 | pkt/s @64 | int8 agree | per packet | flow | flow macro-F1 "
            "| flows | flows macro-F1 | flow+reject | macro-F1 | open set | train s/fold | command |",
@@ -286,6 +289,28 @@ def build(cv_dir, out, dataset_path=None, log=print):
                    f"{fmt(r[kd + '+reject']['accuracy'])} | "
                    f"{fmt(r[kd + '+reject']['macro_f1'], False)} | {fmt(r[kd + '+reject']['open_set'])} | "
                    f"{np.mean([f['meta']['train_seconds'] for f in folds]):.0f} | {cmd} |")
+    md += [""]
+
+    # paired: the same folds (seed, fold) for every variant, so an idea is judged against the baseline
+    # fold by fold; the spread between folds is mostly which captures are tested, common to both
+    base = BASELINE if BASELINE in results else next(iter(results))
+
+    def per_fold(n):
+        v = results[n]
+        return {(m["seed"], m["fold"]): a for m, a in zip(v["folds"], v["rules"][kd]["per_fold"])}
+    md += [f"## Each idea against {base}, fold by fold", "",
+           f"Flow decisions (k = {K_DAEMON}, no reject): the difference in packet-weighted accuracy on the same "
+           "folds (same seed, same test captures), its mean ± standard deviation, and in how many folds the "
+           "variant was better.", "", f"| variant | folds | difference, points | better in |", "|---|---:|---:|---:|"]
+    pb = per_fold(base)
+    for name in results:
+        if name == base:
+            continue
+        pv = per_fold(name)
+        shared = sorted(set(pv) & set(pb))
+        d = np.array([pv[k] - pb[k] for k in shared])
+        if len(d):
+            md.append(f"| {name} | {len(d)} | {100 * d.mean():+.1f} ± {100 * d.std():.1f} | {(d > 0).sum()} of {len(d)} |")
     md += [""]
 
     # the target of issue 9, against the best variant by flow decisions with the reject threshold
