@@ -23,6 +23,7 @@ import numpy as np
 
 from daemon.errors import CliError
 
+from .export import calibrate_threshold
 from .metrics import from_confusion, scores
 
 K_DAEMON = 3                        # pipeline.flow_packets' default
@@ -107,6 +108,54 @@ class FoldView:
         return out
 
 
+TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(30.0), 80))
+
+
+def temper(p, t):
+    """Probabilities at temperature t: softmax(log p / t), the same as dividing the logits by t."""
+    q = np.log(np.maximum(p, 1e-7)) / t
+    q = np.exp(q - q.max(1, keepdims=True))
+    return q / q.sum(1, keepdims=True)
+
+
+def fit_temperature(p, y):
+    """The temperature under which the true labels are most likely (least log loss)."""
+    rows = np.arange(len(y))
+    return float(min(TEMPERATURES, key=lambda t: -np.log(np.maximum(temper(p, t)[rows, y], 1e-12)).mean()))
+
+
+def ece(p, y, bins=10):
+    """Expected calibration error: |confidence - accuracy| over 10 confidence bins, packet-weighted."""
+    conf, right = p.max(1), p.argmax(1) == y
+    b = np.minimum((conf * bins).astype(int), bins - 1)
+    return float(sum(abs(conf[b == i].mean() - right[b == i].mean()) * (b == i).mean()
+                     for i in range(bins) if (b == i).any()))
+
+
+def calibrated(ds, conf, folds, i, n_known):
+    """Fold i with its probabilities recalibrated, and its reject threshold recalibrated, on the
+    other folds of its seed: their test packets are held-out captures too, so temperature and
+    threshold are fitted on what the model will meet, never on fold i itself."""
+    seed = folds[i]["meta"]["seed"]
+    n_out = folds[i]["probs"].shape[1]
+    ps, ys = [], []
+    for j, f in enumerate(folds):
+        if j != i and f["meta"]["seed"] == seed:
+            y = ds["label"][f["test"]]
+            ok = y < n_out
+            ps.append(f["probs"][ok])
+            ys.append(y[ok])
+    if not ps:
+        return None
+    p, y = np.concatenate(ps), np.concatenate(ys)
+    if len(y) > 20000:
+        pick = np.random.default_rng(0).choice(len(y), 20000, replace=False)
+        p, y = p[pick], y[pick]
+    t = fit_temperature(p, y)
+    meta = dict(folds[i]["meta"], threshold=calibrate_threshold(temper(p, t), y), temperature=t)
+    return dict(folds[i], probs=temper(folds[i]["probs"], t).astype(np.float32), meta=meta)
+
+
 def evaluate(ds, conf, folds):
     """Every decision rule over every fold: {rule: [per-fold figures]}."""
     n_known = len(conf["classes"]) - 1
@@ -115,7 +164,17 @@ def evaluate(ds, conf, folds):
     def add(key, fig):
         res.setdefault(key, []).append(fig)
 
-    for fold in folds:
+    for i, fold in enumerate(folds):
+        cal = calibrated(ds, conf, folds, i, n_known)
+        if cal is not None:
+            v = FoldView(ds, cal, n_known, conf["include_other"])
+            fig = v.figures(v.flow_decision(K_DAEMON, v.threshold))
+            n_out = cal["probs"].shape[1]
+            y = ds["label"][fold["test"]]
+            ok = y < n_out
+            fig.update(temperature=cal["meta"]["temperature"], ece_before=ece(fold["probs"][ok], y[ok]),
+                       ece_after=ece(cal["probs"][ok], y[ok]))
+            add(f"flow k={K_DAEMON}+reject calibrated", fig)
         v = FoldView(ds, fold, n_known, conf["include_other"])
         add("packet", v.figures(v.per_packet()))
         add("packet+reject", v.figures(v.per_packet(v.threshold)))
@@ -234,10 +293,12 @@ def build(cv_dir, out, dataset_path=None, log=print):
     figdir = out + "-figures"
     os.makedirs(figdir, exist_ok=True)
     rel = os.path.basename(figdir)
-    results, md = {}, []
+    results, md, calib_raw = {}, [], {}
     for name, conf, folds in variants:
         log(f"evaluating {name} ({len(folds)} folds)", file=sys.stderr)
         res = evaluate(ds, conf, folds)
+        calib_raw[name] = [dict(temperature=f["temperature"], ece_before=f["ece_before"], ece_after=f["ece_after"])
+                           for f in res.get(f"flow k={K_DAEMON}+reject calibrated", [])]
         meta = [f["meta"] for f in folds]
         results[name] = dict(conf=conf, folds=meta, rules={r: dict(
             accuracy=summary(v), macro_f1=summary(v, "packets", "macro_f1"), flow_accuracy=summary(v, "flows"),
@@ -245,6 +306,7 @@ def build(cv_dir, out, dataset_path=None, log=print):
             open_set_unseen_apps=summary(v, "open_set_unseen_apps"),
             scored_per_flow=float(np.mean([f["scored_per_flow"] for f in v])) if "scored_per_flow" in v[0] else None,
             per_fold=[f["packets"]["accuracy"] for f in v]) for r, v in res.items()},
+            calibration=calib_raw[name],
             thresholds={str(t): dict(accuracy=summary(v), macro_f1=summary(v, "packets", "macro_f1"),
                                      open_set=summary(v, "open_set"))
                         for t, v in threshold_curve(ds, conf, folds).items()})
@@ -358,6 +420,23 @@ def build(cv_dir, out, dataset_path=None, log=print):
         md.append(f"| {name} | " + " | ".join(
             f"{100 * r[f'progressive {c:g}']['accuracy'][0]:.1f} % ({r[f'progressive {c:g}']['scored_per_flow']:.1f})"
             for c in CONFIDENT) + " |")
+    md += [""]
+
+    kc = kd + "+reject calibrated"
+    md += ["## Calibration", "",
+           "Temperature scaling (probabilities p -> softmax(log p / T)), with T and then the reject threshold "
+           "fitted, for each fold, on the other folds' held-out packets of the same seed (captures the fold's "
+           "model never saw either, so nothing is fitted on the fold itself). ECE: expected calibration "
+           "error per packet, before and after. Then the flow decisions with the recalibrated threshold.", "",
+           "| variant | T | ECE before | ECE after | flow+reject | macro-F1 | open set |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, conf, folds in variants:
+        figs = results[name]["rules"].get(kc)
+        raw = calib_raw.get(name)
+        if not figs or not raw:
+            continue
+        md.append(f"| {name} | {np.mean([f['temperature'] for f in raw]):.2f} | "
+                  f"{np.mean([f['ece_before'] for f in raw]):.3f} | {np.mean([f['ece_after'] for f in raw]):.3f} | "
+                  f"{fmt(figs['accuracy'])} | {fmt(figs['macro_f1'], False)} | {fmt(figs['open_set'])} |")
     md += [""]
 
     fig, ax = plt.subplots(figsize=(6, 4.5))

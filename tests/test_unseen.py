@@ -120,3 +120,17 @@ def test_first_packets_puts_a_flows_first_rows_side_by_side():
     out = first_packets(x, np.array([0, 4]), k=3).reshape(2, 3, 1480)
     assert (out[0, :, 0] == [0, 1, 2]).all()          # flow 0: rows 0..3, the first three kept
     assert out[1, 0, 0] == 4 and not out[1, 1:].any()  # flow 1: one row, then zero padding
+
+
+def test_temperature_fitting_softens_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    right = rng.random(3000) < 0.5                      # right half the time ...
+    pred = np.where(right, y, (y + 1) % 3)
+    p = np.full((3000, 3), 0.01)
+    p[np.arange(3000), pred] = 0.98                     # ... yet 98 % sure every time
+    assert np.allclose(unseen.temper(p, 1.0), p / p.sum(1, keepdims=True), atol=1e-6)
+    t = unseen.fit_temperature(p, y)
+    assert t > 2
+    assert unseen.ece(unseen.temper(p, t), y) < unseen.ece(p, y) - 0.3  # 0.48 before
+    assert np.isclose(unseen.ece(p, y), 0.98 - right.mean(), atol=1e-9)
