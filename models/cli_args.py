@@ -53,4 +53,6 @@ def add(name, p):
         p.add_argument("--runs", default="runs")
         p.add_argument("--cv", help="cross-validation runs (`tc-daemon crossval`): the unseen-traffic report")
         p.add_argument("--dataset", "-d", help="with --cv: the dataset (default: the one the runs recorded)")
+        p.add_argument("--no-speed", action="store_true",
+                       help="no speed measurements (cells measured before keep theirs): accuracy tables only")
         p.add_argument("--out", default="docs/paper-reproduction")
