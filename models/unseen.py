@@ -47,14 +47,13 @@ def load_variant(path):
 class FoldView:
     """One fold's test packets sorted by flow and time, with running means of the probabilities."""
 
-    def __init__(self, ds, fold, n_known, include_other):
+    def __init__(self, ds, fold, n_known):
         idx = fold["test"]
         order = np.lexsort((ds["ts"][idx], ds["flow"][idx]))
         self.idx = idx[order]
         self.probs = fold["probs"][order]
         self.y = ds["label"][self.idx]
         self.other = n_known
-        self.n_out = self.probs.shape[1]
         f = ds["flow"][self.idx]
         self.starts = np.r_[0, np.flatnonzero(np.diff(f)) + 1]
         self.lens = np.diff(np.r_[self.starts, len(f)])
@@ -132,7 +131,7 @@ def ece(p, y, bins=10):
                      for i in range(bins) if (b == i).any()))
 
 
-def calibrated(ds, conf, folds, i, n_known):
+def calibrated(ds, folds, i):
     """Fold i with its probabilities recalibrated, and its reject threshold recalibrated, on the
     other folds of its seed: their test packets are held-out captures too, so temperature and
     threshold are fitted on what the model will meet, never on fold i itself."""
@@ -165,9 +164,9 @@ def evaluate(ds, conf, folds):
         res.setdefault(key, []).append(fig)
 
     for i, fold in enumerate(folds):
-        cal = calibrated(ds, conf, folds, i, n_known)
+        cal = calibrated(ds, folds, i)
         if cal is not None:
-            v = FoldView(ds, cal, n_known, conf["include_other"])
+            v = FoldView(ds, cal, n_known)
             fig = v.figures(v.flow_decision(K_DAEMON, v.threshold))
             n_out = cal["probs"].shape[1]
             y = ds["label"][fold["test"]]
@@ -175,7 +174,7 @@ def evaluate(ds, conf, folds):
             fig.update(temperature=cal["meta"]["temperature"], ece_before=ece(fold["probs"][ok], y[ok]),
                        ece_after=ece(cal["probs"][ok], y[ok]))
             add(f"flow k={K_DAEMON}+reject calibrated", fig)
-        v = FoldView(ds, fold, n_known, conf["include_other"])
+        v = FoldView(ds, fold, n_known)
         add("packet", v.figures(v.per_packet()))
         add("packet+reject", v.figures(v.per_packet(v.threshold)))
         for k in K_SWEEP:
@@ -223,7 +222,7 @@ def threshold_curve(ds, conf, folds):
     n_known = len(conf["classes"]) - 1
     rows = {t: [] for t in THRESHOLDS}
     for fold in folds:
-        v = FoldView(ds, fold, n_known, conf["include_other"])
+        v = FoldView(ds, fold, n_known)
         for t in THRESHOLDS:
             rows[t].append(v.figures(v.flow_decision(K_DAEMON, t)))
     return rows
@@ -234,7 +233,7 @@ def pooled_confusion(ds, conf, folds):
     n_known = len(conf["classes"]) - 1
     m = np.zeros((n_known + 1, n_known + 1), np.int64)
     for fold in folds:
-        v = FoldView(ds, fold, n_known, conf["include_other"])
+        v = FoldView(ds, fold, n_known)
         np.add.at(m, (v.y, v.flow_decision(K_DAEMON, v.threshold)), 1)
     return m
 

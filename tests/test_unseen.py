@@ -34,7 +34,7 @@ def _view(threshold=0.5):
     ds = dict(ts=TS, flow=FLOW, label=LABEL, app=APP)
     fold = dict(test=np.arange(len(FLOW)), probs=PROBS, train_apps=np.array([1, 2, 3]),
                 meta=dict(threshold=threshold))
-    return unseen.FoldView(ds, fold, n_known=3, include_other=False)
+    return unseen.FoldView(ds, fold, n_known=3)
 
 
 def _by_hand(k, thr=None, progressive=None, cap=20):
