@@ -7,8 +7,10 @@ applies the daemon's own decision rules to them: per packet; a flow's class
 from the mean of its first k payload packets (the daemon's flow mode, k =
 pipeline.flow_packets); progressive decisions (score packets until the mean is
 confident, then stop); the reject threshold (calibrated on each fold's
-validation part, as export does) that sends an unsure flow to `other`.
-Figures are the mean and spread over folds and seeds; accuracy and macro-F1
+validation part, as export does) that sends an unsure flow to `other`; and
+temperature calibration, fitted for each fold on the other folds' held-out
+packets. Figures are the mean and spread over folds and seeds, and each
+variant is compared with the baseline fold by fold; accuracy and macro-F1
 are over packets (or flows) of the model's classes, where `other` counts as
 wrong, and the open-set figure is the share of the other applications'
 packets that end up `other`.
