@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                make_wsgi_app, start_http_server)
+from prometheus_client.core import CounterMetricFamily
 
 from . import __version__
 from .packet import SKIP_REASONS
@@ -41,11 +42,45 @@ BATCH_BUCKETS = tuple(2 ** i for i in range(11))  # 1 .. 1024
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-PACKETS = Counter("tc_daemon_packets", "IP packets by decided class and direction (c2s = direction of the "
-                  "flow's first packet); a flow's packets are counted when its decision is made",
-                  ["class", "direction"], registry=REGISTRY)
-BYTES = Counter("tc_daemon_bytes", "IP bytes (IP header included, as captured) by class and direction",
-                ["class", "direction"], registry=REGISTRY)
+
+
+class ListCounter:
+    """A counter family kept in plain lists and read at scrape time, for the per-packet paths:
+    adding to a list item costs ~0.1 us where prometheus_client's Counter takes a lock per
+    increment (0.5-1 us on the gateway's class of CPU), and packets and bytes are counted for
+    every packet. `row(*labels)` is the list to add to: one slot per value of the last label
+    (`slots`, e.g. the directions), or a single slot."""
+
+    def __init__(self, name, documentation, labelnames, slots=None, registry=REGISTRY):
+        self.name, self.documentation, self.labelnames, self.slots = name, documentation, labelnames, slots
+        self._rows = {}
+        registry.register(self)
+
+    def row(self, *labelvalues) -> list:
+        r = self._rows.get(labelvalues)
+        if r is None:
+            r = self._rows[labelvalues] = [0] * (len(self.slots) if self.slots else 1)
+        return r
+
+    def collect(self):
+        fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, r in list(self._rows.items()):
+            if self.slots:
+                for slot, v in zip(self.slots, r):
+                    fam.add_metric([*key, slot], v)
+            else:
+                fam.add_metric(list(key), r[0])
+        yield fam
+
+    def describe(self):
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+PACKETS = ListCounter("tc_daemon_packets", "IP packets by decided class and direction (c2s = direction of the "
+                      "flow's first packet); a flow's packets are counted when its decision is made",
+                      ["class", "direction"], DIRECTIONS)
+BYTES = ListCounter("tc_daemon_bytes", "IP bytes (IP header included, as captured) by class and direction",
+                    ["class", "direction"], DIRECTIONS)
 FLOWS = Counter("tc_daemon_flows", "Flows by decided class", ["class"], registry=REGISTRY)
 DECISION_LATENCY = Histogram("tc_daemon_decision_latency_seconds", "Capture to class known, for each packet "
                              "that went through the model", buckets=LATENCY_BUCKETS, registry=REGISTRY)
@@ -58,8 +93,7 @@ SKIPPED = Counter("tc_daemon_skipped_packets", "Frames not classified because th
                   ["reason"], registry=REGISTRY)
 KERNEL_DROPS = Counter("tc_daemon_kernel_drops", "Frames the kernel dropped before the daemon read them "
                        "(PACKET_STATISTICS)", ["interface"], registry=REGISTRY)
-CAPTURED = Counter("tc_daemon_captured_packets", "Frames read from each capture source", ["interface"],
-                   registry=REGISTRY)
+CAPTURED = ListCounter("tc_daemon_captured_packets", "Frames read from each capture source", ["interface"])
 FLOW_TABLE = Gauge("tc_daemon_flow_table_entries", "Flows in the flow table", registry=REGISTRY)
 MODEL_INFO = Gauge("tc_daemon_model_info", "The model in use (value 1)",
                    ["name", "family", "params", "classes", "quantization"], registry=REGISTRY)
@@ -87,9 +121,8 @@ def init_model(entry: dict):
     classes = list(entry["classes"]) + [OTHER]
     for c in classes:
         FLOWS.labels(c)
-        for d in DIRECTIONS:
-            PACKETS.labels(c, d)
-            BYTES.labels(c, d)
+        PACKETS.row(c)
+        BYTES.row(c)
     labels = (str(entry.get("name", "?")), str(entry.get("family", "?")), str(entry.get("params", 0)),
               ",".join(entry["classes"]), str(entry.get("quantization", "?")))
     if _model_labels and _model_labels != labels:
@@ -99,7 +132,7 @@ def init_model(entry: dict):
 
 
 def init_interface(name: str):
-    CAPTURED.labels(name)
+    CAPTURED.row(name)
     KERNEL_DROPS.labels(name)
     CAPTURE_REOPENS.labels(name)
     CAPTURE_UP.labels(name).set(0)

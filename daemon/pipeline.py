@@ -141,8 +141,8 @@ class Pipeline:
         self.class_names = names
         self.other = len(names) - 1
         self.threshold = model.threshold
-        self._pk = [[M.PACKETS.labels(c, d) for d in M.DIRECTIONS] for c in names]
-        self._by = [[M.BYTES.labels(c, d) for d in M.DIRECTIONS] for c in names]
+        self._pk = [M.PACKETS.row(c) for c in names]  # [c2s, s2c] per class, added to in place
+        self._by = [M.BYTES.row(c) for c in names]
         self._fl = [M.FLOWS.labels(c) for c in names]
         # the same counts as plain numbers (for `classify`'s summary): packets c2s, s2c, bytes c2s, s2c, flows
         self._tally = [self.tally.setdefault(c, [0, 0, 0, 0, 0]) for c in names]
@@ -181,8 +181,8 @@ class Pipeline:
 
     def _count(self, c, d, pkts, nbytes):
         if pkts:
-            self._pk[c][d].inc(pkts)
-            self._by[c][d].inc(nbytes)
+            self._pk[c][d] += pkts
+            self._by[c][d] += nbytes
             t = self._tally[c]
             t[d] += pkts
             t[2 + d] += nbytes
@@ -397,7 +397,7 @@ class Pipeline:
             self._threads.append(t)
 
     def _capture_loop(self, src):
-        captured, counts, name = M.CAPTURED.labels(src.name), self.captured, src.name
+        captured, counts, name = M.CAPTURED.row(src.name), self.captured, src.name
         packet, lock, stop, mono = self._packet, self._lock, self._stop, time.monotonic
         n = counts.get(name, 0)
         try:
@@ -407,7 +407,7 @@ class Pipeline:
                 if rec is None:
                     continue
                 lt, ts, frame = rec
-                captured.inc()
+                captured[0] += 1
                 n += 1
                 counts[name] = n
                 with lock:
