@@ -233,12 +233,29 @@ def ports(frame, proto: int, l4_off: int, l4_end: int):
     return 0, 0, l4_off
 
 
+# Ethernet + IPv4 without options, the gateway's common case, in one unpack: EtherType,
+# version/IHL, total length, flags/fragment offset, protocol, source, destination.
+_ETH_IP4 = struct.Struct("!12xHBxH2xHxB2x4s4s")
+
+
 def decode(linktype: int, frame):
     """Frame -> (version, proto, src, dst, sport, dport, ip_off, l4_off, l4_end, data_off) or -(reason+1).
 
     Offsets index `frame`: the IP header starts at ip_off, its payload
     (transport header + data) is l4_off..l4_end, application data data_off..l4_end.
     """
+    n = len(frame)
+    if linktype == LINKTYPE_ETHERNET and n >= 34:
+        etype, vihl, total, frag, proto, src, dst = _ETH_IP4.unpack_from(frame)
+        if etype == ETH_IPV4 and vihl == 0x45 and total >= 20 and not frag & 0x1FFF:
+            end = min(14 + total, n)
+            sport, dport, data_off = ports(frame, proto, 34, end)
+            return 4, proto, src, dst, sport, dport, 14, 34, end, data_off
+    return decode_any(linktype, frame)
+
+
+def decode_any(linktype: int, frame):
+    """decode() for every link layer and header shape (decode's fast path falls back to this)."""
     off = ip_offset(linktype, frame)
     if off < 0:
         return off
