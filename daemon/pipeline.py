@@ -200,12 +200,12 @@ class Pipeline:
         flow.packets += 1
         flow.bytes += nbytes
         payload = data_off < l4_end  # the dataset's definition of a payload packet
-        st = self._states.get(flow.id)
         ref = None
         if not self.packet_mode:
-            if flow.label >= 0:
+            if flow.label >= 0:  # decided: the common case at line rate, counted and done
                 self._count(flow.label, d, 1, nbytes)
             else:
+                st = self._states.get(flow.id)
                 if st is None:
                     st = self._states[flow.id] = _State()
                 if d:
@@ -218,6 +218,7 @@ class Pipeline:
                                                                     d, nbytes):
                     st.queued += 1
         else:
+            st = self._states.get(flow.id)
             if st is None:
                 st = self._states[flow.id] = _State()
             e = self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes) if payload else None
