@@ -26,7 +26,7 @@ import numpy as np
 from daemon.errors import CliError
 
 from .export import calibrate_threshold
-from .metrics import from_confusion, scores
+from .metrics import flow_decisions, from_confusion, scores
 
 K_DAEMON = 3                        # pipeline.flow_packets' default
 K_SWEEP = (1, 2, 3, 5, 8, 13, 20, 10**9)
@@ -56,7 +56,8 @@ class FoldView:
         self.probs = fold["probs"][order]
         self.y = ds["label"][self.idx]
         self.other = n_known
-        f = ds["flow"][self.idx]
+        f = self.flow = ds["flow"][self.idx]
+        self.ts = ds["ts"][self.idx]
         self.starts = np.r_[0, np.flatnonzero(np.diff(f)) + 1]
         self.lens = np.diff(np.r_[self.starts, len(f)])
         self.flow_of = np.repeat(np.arange(len(self.starts)), self.lens)
@@ -79,9 +80,10 @@ class FoldView:
         return self._labels(self.probs, thr)
 
     def flow_decision(self, k, thr=None):
-        """Per packet, its flow's class from the mean over the flow's first k payload packets."""
-        row = self.starts + np.minimum(self.lens, k) - 1
-        return self._labels(self.mean[row], thr)[self.flow_of]
+        """Per packet, its flow's class from the mean over the flow's first k payload packets
+        (metrics.flow_decisions, the rule train.py scores with)."""
+        dec, conf = flow_decisions(self.probs, self.flow, self.ts, k)
+        return dec if thr is None else np.where(conf < thr, self.other, dec)
 
     def progressive(self, confident, cap=PROGRESSIVE_CAP, thr=None):
         """Decide at the first packet whose running mean reaches `confident` (or at the cap):
@@ -364,7 +366,7 @@ def build(cv_dir, out, dataset_path=None, log=print):
     md += [f"## Each idea against {base}, fold by fold", "",
            f"Flow decisions (k = {K_DAEMON}, no reject): the difference in packet-weighted accuracy on the same "
            "folds (same seed, same test captures), its mean ± standard deviation, and in how many folds the "
-           "variant was better.", "", f"| variant | folds | difference, points | better in |", "|---|---:|---:|---:|"]
+           "variant was better.", "", "| variant | folds | difference, points | better in |", "|---|---:|---:|---:|"]
     pb = per_fold(base)
     for name in results:
         if name == base:

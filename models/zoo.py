@@ -8,8 +8,6 @@ gateway runtime lacks, and crashes the full-int8 converter).
 """
 from __future__ import annotations
 
-import math
-
 BUDGETS = [15_000, 30_000, 50_000, 100_000, 200_000, 300_000, 350_000, 400_000, 500_000,
            600_000, 700_000, 800_000, 900_000, 950_000, 1_000_000]
 from daemon.features import LSTM_SHAPE, N_BYTES
@@ -41,9 +39,14 @@ def cnn_params(f, n_classes):
     return 256 * EMBED + (7 * EMBED * f + f) + (5 * f * 2 * f + 2 * f) + (2 * f * n_classes + n_classes)
 
 
+def nearest(params, budget, lo=4, hi=4096):
+    """The width in [lo, hi) whose parameter count `params(width)` lands nearest the budget."""
+    return min(range(lo, hi), key=lambda w: abs(params(w) - budget))
+
+
 def cnn_filters(budget, n_classes):
     """First-layer filters (the second has twice as many) that land nearest the budget."""
-    return min(range(4, 1024), key=lambda f: abs(cnn_params(f, n_classes) - budget))
+    return nearest(lambda f: cnn_params(f, n_classes), budget)
 
 
 CNNLSTM_FILTERS = 32
@@ -51,17 +54,15 @@ CNNLSTM_FILTERS = 32
 
 def cnnlstm_units(budget, n_classes):
     fixed = 256 * EMBED + 7 * EMBED * CNNLSTM_FILTERS + CNNLSTM_FILTERS
-    p = lambda u: fixed + 4 * (u * (CNNLSTM_FILTERS + u) + u) + u * n_classes + n_classes
-    return min(range(4, 2048), key=lambda u: abs(p(u) - budget))
+    return nearest(lambda u: fixed + 4 * (u * (CNNLSTM_FILTERS + u) + u) + u * n_classes + n_classes, budget)
 
 
 def flowbytes_width(budget, n_classes, k=3):
-    return min(range(4, 4096), key=lambda w: abs(N_IN * w + w + k * w * n_classes + n_classes - budget))
+    return nearest(lambda w: N_IN * w + w + k * w * n_classes + n_classes, budget)
 
 
 def flowmlp_width(budget, n_classes, n_in=32):
-    p = lambda w: n_in * w + w + w * (w // 2) + w // 2 + (w // 2) * n_classes + n_classes
-    return min(range(4, 4096), key=lambda w: abs(p(w) - budget))
+    return nearest(lambda w: n_in * w + w + w * (w // 2) + w // 2 + (w // 2) * n_classes + n_classes, budget)
 
 
 def mlp_shape(budget, n_classes):
