@@ -53,9 +53,14 @@ class Capture:
                             "packet socket's CAP_NET_RAW is enough). Not needed on a router, which sees its forwarded traffic anyway.")
     ignore_outgoing: bool = opt(False, "bool", "Skip frames this host sends (PACKET_IGNORE_OUTGOING). Keep false on a "
                                 "router: traffic it forwards to clients leaves through the LAN interface.")
-    rcvbuf_bytes: int = opt(4 << 20, "size", "Socket receive buffer absorbing bursts while the daemon is busy, "
-                            "e.g. 4MiB. Set with SO_RCVBUFFORCE when permitted (CAP_NET_ADMIN), else capped by "
-                            "net.core.rmem_max.", min=65536)
+    rcvbuf_bytes: int = opt(4 << 20, "size", "Buffer absorbing bursts while the daemon is busy, e.g. 4MiB: the "
+                            "TPACKET_V3 ring's size (64 KiB blocks) when `ring` is on, else the socket buffer, set "
+                            "with SO_RCVBUFFORCE when permitted (CAP_NET_ADMIN), else capped by net.core.rmem_max.",
+                            min=65536)
+    ring: str = opt("auto", "enum", "Read frames from a shared TPACKET_V3 ring (PACKET_RX_RING + mmap: no system "
+                    "call per frame; latency counted from the kernel's arrival time) instead of one recv per "
+                    "frame. auto = on x86, off elsewhere (Python cannot order the ring's reads on ARM).",
+                    choices=("auto", "on", "off"))
     fanout_group: Optional[int] = opt(None, "int", "PACKET_FANOUT group id (hash mode: both directions of a flow "
                                       "go to the same member). Several `tc-daemon run` instances with the same "
                                       "group share an interface's traffic. null = no fanout.",

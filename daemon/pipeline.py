@@ -399,7 +399,7 @@ class Pipeline:
 
     def _capture_loop(self, src):
         captured, counts, name = M.CAPTURED.row(src.name), self.captured, src.name
-        packet, lock, stop, mono = self._packet, self._lock, self._stop, time.monotonic
+        packet, lock, stop = self._packet, self._lock, self._stop
         n = counts.get(name, 0)
         try:
             for rec in src:
@@ -411,8 +411,8 @@ class Pipeline:
                 captured[0] += 1
                 n += 1
                 counts[name] = n
-                with lock:
-                    packet(lt, ts, frame, mono())
+                with lock:  # a live source's ts is monotonic: its arrival time, the start of latency
+                    packet(lt, ts, frame, ts)
         except Exception as err:  # a capture bug must be loud, once, and not kill the daemon silently
             log.error("capture on %s stopped: %s: %s", src.name, type(err).__name__, err)
             self.capture_failed = True

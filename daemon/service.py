@@ -152,7 +152,7 @@ def make_sources(cfg):
         except afpacket.BpfError as e:
             raise CliError(str(e), cfgmod.EX_CONFIG)
         src = afpacket.AfPacketSource(name, c.promiscuous, c.ignore_outgoing, c.rcvbuf_bytes, program,
-                                      c.fanout_group)
+                                      c.fanout_group, ring=c.ring)
         try:
             src.open()
         except PermissionError:

@@ -33,6 +33,12 @@ def make_veth(a, b):
         sh("ip", "link", "set", i, "up")
 
 
+@pytest.fixture(params=["on", "off"])
+def ring(request):
+    """Each capture test runs over the TPACKET_V3 ring and over recv_into."""
+    return request.param
+
+
 @pytest.fixture
 def veth():
     need(is_root() and shutil.which("ip") is not None, "needs root and iproute2")
@@ -82,9 +88,9 @@ def frame(i=0, proto="udp"):
                       dst=bytes([10, 0, 1, 1])))
 
 
-def test_frames_arrive_intact(veth):
+def test_frames_arrive_intact(veth, ring):
     a, b = veth
-    src = A.AfPacketSource(a)
+    src = A.AfPacketSource(a, ring=ring)
     src.open()
     r = Reader(src)
     tx = sender(b)
@@ -99,11 +105,11 @@ def test_frames_arrive_intact(veth):
     assert M.CAPTURE_UP.labels(a)._value.get() == 0  # closed
 
 
-def test_ignore_outgoing(veth):
+def test_ignore_outgoing(veth, ring):
     a, b = veth
-    src = A.AfPacketSource(a, ignore_outgoing=True)
+    src = A.AfPacketSource(a, ignore_outgoing=True, ring=ring)
     src.open()
-    plain = A.AfPacketSource(a)
+    plain = A.AfPacketSource(a, ring=ring)
     plain.open()
     r, r2 = Reader(src), Reader(plain)
     sender(a).send(frame(1))   # leaves through a: outgoing
@@ -115,7 +121,48 @@ def test_ignore_outgoing(veth):
     assert sorted(f for _, f in got2) == sorted([frame(1), frame(2)])
 
 
-def test_bpf_program_filters_in_the_kernel(veth):
+def test_arrival_time_is_monotonic_and_before_the_read(veth, ring):
+    """A frame's ts is on the monotonic clock, no later than when we read it: over the ring it is the
+    kernel's arrival time (so latency counts the wait in the ring), over recv_into the read's time."""
+    a, b = veth
+    src = A.AfPacketSource(a, ring=ring)
+    src.open()
+    got = []
+
+    def run():
+        for rec in src:
+            if rec is not None:
+                got.append((rec[1], time.monotonic(), bytes(rec[2])))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    sender(b).send(frame(3))
+    end = time.time() + 5
+    while not got and time.time() < end:
+        time.sleep(0.01)
+    src.close()
+    t.join(3)
+    assert got and got[0][2] == frame(3)
+    ts, read_at, _ = got[0]
+    assert t0 - 0.05 <= ts <= read_at + 1e-3  # the wall-to-monotonic offset is taken once per block
+
+
+def test_ring_skips_outgoing_by_packet_type(veth):
+    """Kernels before 4.20 lack PACKET_IGNORE_OUTGOING: the ring then reads each frame's packet type."""
+    a, b = veth
+    src = A.AfPacketSource(a, ring="on")
+    src.open()
+    src._filter_outgoing = True  # what open() sets when the socket option is refused
+    r = Reader(src)
+    sender(a).send(frame(1))   # leaves through a: outgoing
+    sender(b).send(frame(2))   # arrives at a
+    got = r.wait(1)
+    r.close()
+    assert [f for _, f in got] == [frame(2)]
+
+
+def test_bpf_program_filters_in_the_kernel(veth, ring):
     a, b = veth
     if shutil.which("tcpdump"):
         program = A.compile_bpf("udp", A.LINKTYPE_ETHERNET)
@@ -123,7 +170,7 @@ def test_bpf_program_filters_in_the_kernel(veth):
         program = A.compile_bpf([[40, 0, 0, 12], [21, 0, 5, 34525], [48, 0, 0, 20], [21, 6, 0, 17],
                                  [21, 0, 6, 44], [48, 0, 0, 54], [21, 3, 4, 17], [21, 0, 3, 2048],
                                  [48, 0, 0, 23], [21, 0, 1, 17], [6, 0, 0, 262144], [6, 0, 0, 0]])
-    src = A.AfPacketSource(a, bpf=program)
+    src = A.AfPacketSource(a, bpf=program, ring=ring)
     src.open()
     r = Reader(src)
     tx = sender(b)
@@ -156,10 +203,10 @@ def test_promiscuous_membership(veth):
     assert not flags() & 0x100
 
 
-def test_kernel_drops_accumulate(veth):
+def test_kernel_drops_accumulate(veth, ring):
     """A small buffer nobody reads: the kernel drops, PACKET_STATISTICS says so, and the count accumulates."""
     a, b = veth
-    src = A.AfPacketSource(a, rcvbuf_bytes=65536)
+    src = A.AfPacketSource(a, rcvbuf_bytes=65536, ring=ring)
     src.open()
     tx = sender(b)
     big = frame(0)[:-40] + b"x" * 1400
@@ -176,11 +223,11 @@ def test_kernel_drops_accumulate(veth):
     src.close()
 
 
-def test_fanout_splits_by_flow(veth):
+def test_fanout_splits_by_flow(veth, ring):
     a, b = veth
     group = 4000 + os.getpid() % 1000
-    s1 = A.AfPacketSource(a, fanout_group=group)
-    s2 = A.AfPacketSource(a, fanout_group=group)
+    s1 = A.AfPacketSource(a, fanout_group=group, ring=ring)
+    s2 = A.AfPacketSource(a, fanout_group=group, ring=ring)
     s1.open()
     s2.open()
     r1, r2 = Reader(s1), Reader(s2)
@@ -199,9 +246,9 @@ def test_fanout_splits_by_flow(veth):
     assert not set(f1) & set(f2)            # a flow's packets stay together
 
 
-def test_interface_disappears_and_comes_back(veth):
+def test_interface_disappears_and_comes_back(veth, ring):
     a, b = veth
-    src = A.AfPacketSource(a)
+    src = A.AfPacketSource(a, ring=ring)
     src.open()
     r = Reader(src)
     sender(b).send(frame(1))

@@ -1,8 +1,18 @@
 """Live capture from a Linux interface: an AF_PACKET raw socket, standard library only.
 
-One socket per interface, read with recv_into into one preallocated buffer
-(the frame is a memoryview valid until the next read; the pipeline copies
-what it keeps). Options, each a setsockopt:
+One socket per interface, read in one of two ways; either way a frame is a
+memoryview valid until the next one is asked for (the pipeline copies what it
+keeps):
+- a TPACKET_V3 ring (PACKET_RX_RING, mmap): the kernel writes frames into
+  shared blocks and hands over a block at a time, so a busy interface costs
+  no system call per frame (recv_into cost two: Python polls before every
+  read of a socket with a timeout). Frames carry the kernel's arrival time,
+  so capture-to-decision latency includes the time a frame waited in the
+  ring. Used by default on x86, whose loads are not reordered: reading a
+  block's status and then its frames needs no barrier, which Python cannot
+  issue on ARM (there the default is recv_into; capture.ring: on forces it);
+- recv_into one preallocated buffer (SO_RCVBUF sized), one frame per call.
+Options, each a setsockopt:
 - SO_RCVBUFFORCE (CAP_NET_ADMIN) or SO_RCVBUF: a large buffer for bursts;
 - PACKET_STATISTICS: kernel drops, which reset on every read, so they are
   accumulated into tc_daemon_kernel_drops_total;
@@ -24,7 +34,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
+import platform
+import select
 import shutil
 import socket
 import struct
@@ -40,7 +53,11 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+TPACKET_V3 = 2
+TP_STATUS_USER = 1
 PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23
 PACKET_FANOUT_HASH = 0
@@ -57,6 +74,15 @@ _RAW_IP = {65534, 512, 768, 769, 776, 778}  # NONE (tun, WireGuard), PPP, TUNNEL
 BUFFER = 256 * 1024  # > 64 KiB: GSO super-frames of local traffic can exceed any MTU
 STATS_EVERY = 1.0    # s between PACKET_STATISTICS reads and interface checks
 BACKOFF = (0.25, 5.0)
+# The ring: many small blocks rather than a few large ones, since the kernel hands over a block when
+# it is full or RING_RETIRE_MS after its first frame, so at low rates every block may hold one frame
+# and the block count, not the bytes, is what absorbs a stall. 64 KiB keeps GSO super-frames whole.
+RING_BLOCK = 64 * 1024
+RING_FRAME = 2048            # only for the kernel's bookkeeping: TPACKET_V3 frames are variable-length
+RING_RETIRE_MS = 2
+_HDR = struct.Struct("<IIIIIIH")  # tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac
+_SLL_PKTTYPE = 48 + 10            # sockaddr_ll.sll_pkttype after the 48-byte aligned tpacket3_hdr
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 class BpfError(Exception):
@@ -129,8 +155,12 @@ class AfPacketSource:
     finite = False
 
     def __init__(self, interface: str, promiscuous: bool = False, ignore_outgoing: bool = False,
-                 rcvbuf_bytes: int = 4 << 20, bpf=None, fanout_group=None, timeout: float = 0.25):
+                 rcvbuf_bytes: int = 4 << 20, bpf=None, fanout_group=None, timeout: float = 0.25,
+                 ring="auto"):
+        """`rcvbuf_bytes`: the socket buffer, or the ring's size. `ring`: "auto" (on x86), "on", "off"."""
         self.name = self.interface = interface
+        self.ring = ring == "on" or (ring == "auto" and _X86)
+        self._mm = None  # the mapped ring while open
         self.promiscuous, self.ignore_outgoing = promiscuous, ignore_outgoing
         self.rcvbuf_bytes, self.bpf, self.fanout_group, self.timeout = rcvbuf_bytes, bpf, fanout_group, timeout
         self._buf = bytearray(BUFFER)
@@ -155,12 +185,17 @@ class AfPacketSource:
         program = compile_bpf(self.bpf, linktype) if isinstance(self.bpf, str) else self.bpf
         # protocol 0: nothing is queued until bind, so options apply to every frame we read
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        mm = None
         try:
-            try:
-                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf_bytes)
-            except PermissionError:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf_bytes)
-            self.rcvbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if self.ring:
+                mm = self._map_ring(s)
+                self.rcvbuf = len(mm)
+            else:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf_bytes)
+                except PermissionError:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf_bytes)
+                self.rcvbuf = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             if program:
                 attach_bpf(s, program)
             self._filter_outgoing = False
@@ -176,13 +211,23 @@ class AfPacketSource:
             if self.fanout_group is not None:
                 mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
                 s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", self.fanout_group | (mode << 16)))
-            s.settimeout(self.timeout)
+            s.settimeout(0.0 if mm is not None else self.timeout)  # the ring waits in poll(), not in recv
         except OSError:
             s.close()
             raise
-        self.sock, self.ifindex, self.linktype = s, ifindex, linktype
+        self.sock, self.ifindex, self.linktype, self._mm = s, ifindex, linktype, mm
         self._up.set(1)
 
+    def _map_ring(self, s):
+        """PACKET_VERSION 3 and PACKET_RX_RING of about rcvbuf_bytes, mapped. The mapping keeps the ring
+        alive after the socket closes, until the last view of a frame is gone."""
+        blocks = max(4, self.rcvbuf_bytes // RING_BLOCK)
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov, sizeof_priv, feature_req_word
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("7I", RING_BLOCK, blocks, RING_FRAME,
+                                                              RING_BLOCK // RING_FRAME * blocks, RING_RETIRE_MS,
+                                                              0, 0))
+        return mmap.mmap(s.fileno(), RING_BLOCK * blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     def read_stats(self):
         """Accumulate PACKET_STATISTICS (the kernel resets them on each read)."""
         if self.sock is None:
@@ -206,7 +251,7 @@ class AfPacketSource:
         self.read_stats()
         if self.sock is not None:
             self.sock.close()
-        self.sock = None
+        self.sock = self._mm = None  # not mm.close(): the consumer may still hold the last frame's view
         self._up.set(0)
         log.warning("capture on %s lost (%s); reopening when it is back", self.interface, why)
 
@@ -238,6 +283,9 @@ class AfPacketSource:
                     log.info("capture on %s reopened", self.interface)
                 was_open = True
                 next_check = mono() + STATS_EVERY
+            if self._mm is not None:
+                yield from self._blocks()
+                continue
             sock = self.sock
             try:
                 if self._filter_outgoing:
@@ -268,10 +316,55 @@ class AfPacketSource:
                     self._lost("interface down or gone")
             yield self.linktype, now, view[:min(n, BUFFER)]
 
+    def _blocks(self):
+        """Frames from the ring until the socket is lost or closed: each ready block's frames in order,
+        then the block goes back to the kernel (once the consumer has asked for the frame after its last)."""
+        mm, sock = self._mm, self.sock
+        view = memoryview(mm)
+        unpack, hdr = struct.unpack_from, _HDR.unpack_from
+        lt, filter_out, n_blocks = self.linktype, self._filter_outgoing, len(mm) // RING_BLOCK
+        mono, wall = time.monotonic, time.time
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
+        wait_ms = int(self.timeout * 1000)
+        next_check = mono() + STATS_EVERY
+        i = 0
+        while not self._closed and self._mm is mm:
+            off = i * RING_BLOCK
+            now = mono()
+            if now >= next_check:  # a busy interface never waits in poll: check on the way
+                next_check = now + STATS_EVERY
+                self.read_stats()
+                if not self._still_there():
+                    self._lost("interface down or gone")
+                    return
+            if not unpack("I", mm, off + 8)[0] & TP_STATUS_USER:  # block_status
+                events = poller.poll(wait_ms)
+                if not events:
+                    yield None
+                elif events[0][1] & select.POLLERR:  # e.g. ENETDOWN: read (and so clear) it, then look
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if not self._still_there():
+                        self._lost(os.strerror(err) if err else "interface down or gone")
+                        return
+                continue
+            n, p = unpack("II", mm, off + 12)  # num_pkts, offset_to_first_pkt
+            p += off
+            # kernel arrival times are wall-clock: one offset per block turns them monotonic
+            base = wall() - mono()
+            for _ in range(n):
+                nxt, sec, nsec, snap, _len, _st, mac = hdr(mm, p)
+                if not (filter_out and mm[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
+                    yield lt, sec + nsec * 1e-9 - base, view[p + mac:p + mac + snap]
+                p += nxt
+            struct.pack_into("I", mm, off + 8, 0)  # TP_STATUS_KERNEL: the kernel may fill it again
+            i = (i + 1) % n_blocks
+
     def close(self):
         self._closed = True
         if self.sock is not None:
             self.read_stats()
             self.sock.close()
             self.sock = None
+        self._mm = None
         self._up.set(0)
