@@ -8,7 +8,10 @@
 nfstream's NFStreamer): a capture file is read in this thread, model batches
 run inline, and iterating the pipeline yields finished flows; live sources
 (AF_PACKET, replay, pyshark) get a capture thread each and a classifier thread
-behind a bounded queue (`start()` / `stop()`). Scheduling is all that differs:
+behind a bounded queue (`start()` / `stop()`): in flow mode a capture thread
+runs the batches that fall due itself and the classifier thread is the
+backstop while capture waits for frames; in packet mode the classifier thread
+runs them, beside capture. Scheduling is all that differs:
 decisions come from the same methods, so `classify` on a capture and `run` on
 its replay count the same packets under the same classes (unless the queue
 overflowed, which the metrics say).
@@ -104,12 +107,14 @@ class Pipeline:
             self.threaded = True if threaded is None else threaded
         self.on_flow, self.record = on_flow, record
         self.packet_mode = pc.mode == "packet"
+        self._inline = not self.packet_mode  # flow mode: capture threads run the batches (_capture_loop)
         self.table = FlowTable(pc.max_flows, pc.idle_timeout, pc.active_timeout, on_expire=self._ended)
         self._states = {}
         self._queue = deque()
+        self._opened = 0.0  # when the queue's oldest batch began (monotonic)
         self._configure(pc)
         self._lock = threading.Lock() if self.threaded else nullcontext()
-        self._model_lock = threading.Lock() if self.threaded else nullcontext()
+        self._model_lock = threading.Lock()  # held while a batch runs; also by whoever swaps the model
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = []
@@ -246,20 +251,34 @@ class Pipeline:
         e = _Entry(flow, st, bytes(frame[l4_off:min(l4_end, l4_off + N_BYTES)]), t_cap, d, nbytes)
         st.inflight += 1
         q.append(e)
-        if self.threaded and (len(q) == 1 or len(q) >= self.batch_size):
+        if len(q) == 1:
+            # a batch's deadline runs from when its first packet was queued, not from the packet's
+            # arrival: a capture that is behind would otherwise find every packet overdue and run
+            # batches of one, falling further behind
+            self._opened = time.monotonic()
+            if self.threaded:
+                self._wake.set()
+        elif self.threaded and len(q) >= self.batch_size and not self._inline:
             self._wake.set()
         return e
 
     # --- decisions (classifier thread, or inline offline) -----------------------------
 
-    def _classify_batch(self) -> int:
-        q = self._queue
-        n = min(len(q), self.batch_size)
-        if not n:
+    def _classify_batch(self, wait: bool = True) -> int:
+        """Run the model on up to batch_size queued packets; returns how many. With wait=False, only if no
+        other thread is running the model now (the capture thread then leaves it to the classifier)."""
+        lock = self._model_lock
+        if not lock.acquire(wait):
             return 0
-        items = [q.popleft() for _ in range(n)]
-        with self._model_lock:
+        try:
+            q = self._queue
+            n = min(len(q), self.batch_size)
+            if not n:
+                return 0
+            items = [q.popleft() for _ in range(n)]
             t0 = time.monotonic()
+            if q:
+                self._opened = t0  # what is left is the next batch, opened now
             try:
                 x = payload_bytes([e.data for e in items], repeat(0), out=self._x)
                 probs = self.model.classifier.predict(x)
@@ -274,6 +293,8 @@ class Pipeline:
                 M.BATCH_SIZE.observe(n)
             with self._lock:
                 self._apply(items, probs)
+        finally:
+            lock.release()
         return n
 
     def _apply(self, items, probs):
@@ -400,19 +421,28 @@ class Pipeline:
     def _capture_loop(self, src):
         captured, counts, name = M.CAPTURED.row(src.name), self.captured, src.name
         packet, lock, stop = self._packet, self._lock, self._stop
+        q, mono, classify = self._queue, time.monotonic, self._classify_batch
+        inline = self._inline
         n = counts.get(name, 0)
         try:
             for rec in src:
                 if stop.is_set():
                     break
-                if rec is None:
-                    continue
-                lt, ts, frame = rec
-                captured[0] += 1
-                n += 1
-                counts[name] = n
-                with lock:  # a live source's ts is monotonic: its arrival time, the start of latency
-                    packet(lt, ts, frame, ts)
+                if rec is not None:
+                    lt, ts, frame = rec
+                    captured[0] += 1
+                    n += 1
+                    counts[name] = n
+                    with lock:  # a live source's ts is monotonic: its arrival time, the start of latency
+                        packet(lt, ts, frame, ts)
+                # Flow mode: a batch that is due runs here, in the capture thread. On a busy interface
+                # this thread holds the interpreter lock, and a batch run by the classifier thread
+                # waited up to the switch interval (5 ms) for it at each of its steps (over recv_into,
+                # p99 at 50k packets/s went from 25-30 to 7.5-15 ms: docs/performance.md). Packet mode
+                # keeps the model on the classifier thread, beside capture on the other core: there
+                # the model is most of the work.
+                if inline and q and (len(q) >= self.batch_size or mono() - self._opened >= self.batch_timeout):
+                    classify(False)
         except Exception as err:  # a capture bug must be loud, once, and not kill the daemon silently
             log.error("capture on %s stopped: %s: %s", src.name, type(err).__name__, err)
             self.capture_failed = True
@@ -438,13 +468,23 @@ class Pipeline:
                 wake.wait(0.5)
                 wake.clear()
                 continue
-            deadline = q[0].t_cap + self.batch_timeout
-            while len(q) < self.batch_size:
-                rem = deadline - mono()
-                if rem <= 0:
-                    break
-                wake.wait(rem)
-                wake.clear()
+            if self._inline:
+                # flow mode: the capture thread runs batches; this thread is the backstop for a capture
+                # that is waiting for frames, one batch timeout after the batch fell due
+                while q:
+                    rem = self._opened + 2 * self.batch_timeout - mono()
+                    if rem <= 0:
+                        break
+                    wake.wait(rem)
+                    wake.clear()
+            else:
+                deadline = self._opened + self.batch_timeout
+                while len(q) < self.batch_size:
+                    rem = deadline - mono()
+                    if rem <= 0:
+                        break
+                    wake.wait(rem)
+                    wake.clear()
             self._classify_batch()
 
     def tick(self, now: Optional[float] = None):

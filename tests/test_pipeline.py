@@ -1,6 +1,9 @@
 """The pipeline on real captures with a real TFLite model: classify's outputs, decisions, live == offline."""
+import copy
 import json
 import os
+import threading
+import time
 from collections import Counter, defaultdict
 
 import pytest
@@ -211,13 +214,81 @@ def test_live_threads_equal_offline(model):
         assert {c: t for c, t in p.tally.items() if any(t)} == {c: t for c, t in p_off.tally.items() if any(t)}
 
 
+class Behind:
+    """A live source whose frames all arrived long ago (a capture far behind its ring)."""
+    name, live, finite = "behind", True, True
+
+    def __init__(self, path):
+        with PcapReader(path) as r:
+            self.frames = [(lt, fr) for lt, _, fr in r]
+
+    def __iter__(self):
+        for lt, fr in self.frames:
+            yield lt, 1.0, fr  # monotonic second 1: every frame is overdue on arrival
+
+
+def watch_batches(p):
+    """(thread name, batch size) of every batch the real model runs."""
+    seen, predict = [], p.model.classifier.predict
+
+    def observed(x):
+        seen.append((threading.current_thread().name, len(x)))
+        return predict(x)
+    p.model = modelmod.LoadedModel(p.model.entry, copy.copy(p.model.classifier), p.model.threshold)
+    p.model.classifier.predict = observed
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["flow", "packet"])
+def test_who_runs_the_model(model, mode):
+    """Flow mode: the capture thread runs the batches itself (the classifier thread would wait for the
+    interpreter lock at each step); packet mode: the classifier thread, beside capture. Decisions equal
+    the offline pass either way."""
+    cfg = C.from_dict({"pipeline": {"mode": mode, "queue_packets": 100000}})
+    path = os.path.join(SAMPLES, "dropbox.pcap")
+    p_off, _ = offline(path, model, cfg)
+    p = Pipeline(source=[ReplaySource(path, speed=0)], model=model, config=cfg)
+    seen = watch_batches(p)
+    p.start()
+    p._threads[0].join(30)
+    end = time.monotonic() + 30
+    while p.queued() and time.monotonic() < end:  # left to the threads, not to stop()'s drain
+        time.sleep(0.01)
+    p.stop()
+    threads = Counter(t for t, _ in seen)
+    if mode == "flow":
+        # all but what was queued when the capture ended (the classifier thread's backstop)
+        assert threads["capture-replay"] >= len(seen) - 2, threads
+    else:
+        assert set(threads) == {"classifier"}, threads
+    assert {c: t for c, t in p.tally.items() if any(t)} == {c: t for c, t in p_off.tally.items() if any(t)}
+
+
+def test_a_capture_behind_still_fills_batches(model):
+    """Frames that arrived long ago are all overdue by their arrival time; a batch's deadline runs from
+    when its first packet was queued, so the model still sees full batches, not one packet at a time."""
+    cfg = C.from_dict({"pipeline": {"mode": "packet", "queue_packets": 100000}})
+    p = Pipeline(source=[], model=model, config=cfg)
+    p.sources = [Behind(os.path.join(SAMPLES, "dropbox.pcap"))]
+    p._inline = True  # as in flow mode: the capture thread decides when a batch is due
+    seen = watch_batches(p)
+    p.start()
+    p._threads[0].join(30)
+    p.stop()
+    sizes = [n for _, n in seen]
+    assert sum(sizes) > 200 and max(sizes) == p.batch_size
+    assert sum(sizes) / len(sizes) > 8, sizes
+
+
 def test_overload_drops_are_counted_and_packets_still_counted(model):
-    """A queue of 2 against an as-fast-as-possible replay: drops, and still every packet counted once."""
+    """A queue of 2 and a model busy for the whole replay: drops, and still every packet counted once."""
     cfg = C.from_dict({"pipeline": {"queue_packets": 2, "batch_size": 1, "batch_timeout_ms": 0}})
     path = os.path.join(SAMPLES, "dropbox.pcap")
     p = Pipeline(source=[ReplaySource(path, speed=0)], model=model, config=cfg)
+    p._model_lock.acquire()  # as while a slow model runs: neither thread can start a batch
     p.start()
     p._threads[0].join(30)
+    p._model_lock.release()
     p.stop()
     assert p.dropped > 0
     assert len(p._queue) == 0 and not p._states
