@@ -21,9 +21,10 @@ def flow_key(proto: int, src: bytes, sport: int, dst: bytes, dport: int):
 
 
 class Flow:
-    """One flow's state. `c2s_reverse` remembers which key side opened it."""
+    """One flow's state. `c2s_reverse` remembers which key side opened it; the endpoints are read from
+    the key (one slot, not five: at 50k packets/s the table holds tens of thousands of flows)."""
     __slots__ = ("id", "first", "last", "c2s_reverse", "packets", "bytes",
-                 "scored", "prob_sum", "label", "confidence", "src", "sport", "dst", "dport", "proto")
+                 "scored", "prob_sum", "label", "confidence", "key")
 
     def __init__(self, fid, ts, key, reverse):
         self.id = fid
@@ -35,11 +36,14 @@ class Flow:
         self.prob_sum = None     # running sum of class probabilities
         self.label = -1          # class index once decided, -1 while undecided
         self.confidence = 0.0
-        self.proto = key[0]
-        if reverse:
-            self.src, self.sport, self.dst, self.dport = key[3], key[4], key[1], key[2]
-        else:
-            self.src, self.sport, self.dst, self.dport = key[1], key[2], key[3], key[4]
+        self.key = key
+
+    # the client (first packet's sender) is src
+    proto = property(lambda f: f.key[0])
+    src = property(lambda f: f.key[3] if f.c2s_reverse else f.key[1])
+    sport = property(lambda f: f.key[4] if f.c2s_reverse else f.key[2])
+    dst = property(lambda f: f.key[1] if f.c2s_reverse else f.key[3])
+    dport = property(lambda f: f.key[2] if f.c2s_reverse else f.key[4])
 
 
 class FlowTable:
