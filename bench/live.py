@@ -49,7 +49,10 @@ def proc_stats(pid):
     return rss, cpu
 
 
-def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick=False, config_extra=""):
+def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick=False, config_extra="",
+           capture_extra=""):
+    """`config_extra`: YAML sections appended to the daemon's config; `capture_extra`: lines of its capture
+    section, e.g. "  ring: off\n"."""
     if os.geteuid() != 0 or not shutil.which("tcpreplay"):
         print("  live: needs root and tcpreplay; skipped", file=sys.stderr)
         return dict(skipped="needs root and tcpreplay")
@@ -66,7 +69,7 @@ def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick
         tmp = tempfile.mkdtemp(prefix="tc-bench-")
         cfg = os.path.join(tmp, "config.yaml")
         with open(cfg, "w") as f:
-            f.write(f"capture:\n  interfaces: [{a}]\npipeline:\n  mode: {mode}\nmetrics:\n"
+            f.write(f"capture:\n  interfaces: [{a}]\n{capture_extra}pipeline:\n  mode: {mode}\nmetrics:\n"
                     f"  listen: 127.0.0.1:{port}\n" + config_extra)
         try:
             exe = shutil.which("tc-daemon") or os.path.join(os.path.dirname(sys.executable), "tc-daemon")

@@ -184,6 +184,8 @@ def _check(value, meta):
         if not isinstance(value, str) or not value:
             raise ValueError
     elif kind == "enum":
+        if isinstance(value, bool) and "on" in meta["choices"]:  # YAML 1.1 reads a bare on/off as a bool
+            value = "on" if value else "off"
         if value not in meta["choices"]:
             raise ValueError
     elif kind == "size":
