@@ -20,7 +20,7 @@ import numpy as np
 
 from daemon.capture.pcapfile import CaptureError, PcapReader
 from daemon.features import N_BYTES, payload_bytes
-from daemon.flows import FlowTable, flow_key
+from daemon.flows import FlowTable, flow_key, key_fields
 from daemon.packet import SKIP_REASONS, decode
 
 from . import labels as L
@@ -74,9 +74,9 @@ def read_capture(job):
         labels = out_labels or {}
 
     table = FlowTable(max_flows=1 << 30)
-    nth: Dict[tuple, int] = defaultdict(int)    # how many flows we opened per key
+    nth: Dict[bytes, int] = defaultdict(int)    # how many flows we opened per key
     flow_label: Dict[int, L.FlowLabel] = {}
-    flow_key_of: Dict[int, tuple] = {}
+    flow_key_of: Dict[int, bytes] = {}
     pkts, l4offs, meta = [], [], []
     n_total = 0
     for lt, ts, frame in reader:
@@ -147,10 +147,11 @@ def _capture_groups(results, lmap: L.LabelMap) -> List[int]:
         idx = [by_name[m] for m in members if m in by_name]
         for j in idx[1:]:
             union(idx[0], j)
-    seen: Dict[tuple, int] = {}
+    seen: Dict[bytes, int] = {}
     for i, r in enumerate(results):
         for k in r.get("keys", ()):
-            if k[2] == 0 and k[4] == 0:
+            _, _, sport, _, dport = key_fields(k)
+            if sport == 0 and dport == 0:
                 continue  # portless (ICMP, multicast chatter) keys recur by chance
             if k in seen:
                 union(seen[k], i)

@@ -82,9 +82,9 @@ _FLOW_LINE = re.compile(r"^\s+\d+\s+(\S+)\s+(\S+)\s+(?:<->|->)\s+(\S+)\s+\[proto
 _CONF = re.compile(r"\[Confidence: ([^\]]+)\]")
 
 
-def from_out_file(path: str) -> Dict[tuple, List[FlowLabel]]:
+def from_out_file(path: str) -> Dict[bytes, List[FlowLabel]]:
     """Parse nDPI's expected-results file: flow key -> labels (in file order)."""
-    labels: Dict[tuple, List[FlowLabel]] = {}
+    labels: Dict[bytes, List[FlowLabel]] = {}
     with open(path, errors="replace") as f:
         for line in f:
             m = _FLOW_LINE.match(line)
@@ -103,11 +103,11 @@ def from_out_file(path: str) -> Dict[tuple, List[FlowLabel]]:
     return labels
 
 
-def from_nfstream(path: str) -> Dict[tuple, List[FlowLabel]]:
+def from_nfstream(path: str) -> Dict[bytes, List[FlowLabel]]:
     """Run nDPI (bundled in nfstream) over a capture: flow key -> labels by first-seen time."""
     from nfstream import NFStreamer  # training-side dependency ([train] extra)
 
-    labels: Dict[tuple, List[FlowLabel]] = {}
+    labels: Dict[bytes, List[FlowLabel]] = {}
     streamer = NFStreamer(source=path, n_dissections=255, statistical_analysis=False,
                           decode_tunnels=True, n_meters=1, idle_timeout=120, active_timeout=1800)
     for fl in streamer:
