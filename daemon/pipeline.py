@@ -470,9 +470,10 @@ class Pipeline:
                 continue
             if self._inline:
                 # flow mode: the capture thread runs batches; this thread is the backstop for a capture
-                # that is waiting for frames, one batch timeout after the batch fell due
+                # that is waiting for frames (it sees a deadline only when a frame comes), a millisecond
+                # after the batch fell due: a busy capture thread has run it by then
                 while q:
-                    rem = self._opened + 2 * self.batch_timeout - mono()
+                    rem = self._opened + self.batch_timeout + 0.001 - mono()
                     if rem <= 0:
                         break
                     wake.wait(rem)
