@@ -228,6 +228,7 @@ class AfPacketSource:
                                                               RING_BLOCK // RING_FRAME * blocks, RING_RETIRE_MS,
                                                               0, 0))
         return mmap.mmap(s.fileno(), RING_BLOCK * blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
     def read_stats(self):
         """Accumulate PACKET_STATISTICS (the kernel resets them on each read)."""
         if self.sock is None:
