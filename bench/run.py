@@ -199,3 +199,6 @@ def main(a):
     with open(a.output, "w") as f:
         json.dump(out, f, indent=1)
     print(f"wrote {a.output}")
+    from . import plot
+    for png in plot.draw(a.output):
+        print(f"wrote {png}")
