@@ -1,5 +1,6 @@
 """The shipped models: manifest, sha256, reference outputs, and choosing by memory budget."""
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -163,3 +164,5 @@ def test_bench_remeasures_and_updates_a_manifest(tmp_path):
         assert row["pps_batch1"] > 1 and row["over_manifest"]["pps_batch1"] == row["pps_batch1"] / 1.0
         assert e["pps_batch1"] == row["pps_batch1"] and e["peak_memory_bytes"] == row["peak_memory_bytes"] > 1
         assert e["sha256"] == next(p["sha256"] for p in picks if p["name"] == e["name"])  # the rest untouched
+    if importlib.util.find_spec("matplotlib"):  # the [train] extra: the bench draws its JSON too
+        assert (tmp_path / "bench-models.png").stat().st_size > 10000 and "bench-models.png" in r.stdout
