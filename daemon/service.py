@@ -167,15 +167,13 @@ def make_sources(cfg):
     return sources
 
 
-# --- workers (capture.workers > 1) -----------------------------------------------------
-
 class _GcSchedule:
     """The cyclic garbage collector on a schedule instead of on allocation counts. Left to itself it
     scans every live flow (tens of thousands of objects, none in a cycle) each time the table has
-    grown by a quarter, holding the capture thread for 15-20 ms each time, which at 50k packets/s
-    showed as a p99 latency of 25-75 ms (docs/performance.md). Here: the objects of startup are frozen
-    (never scanned again), the young generations are collected from the main loop (about 1 ms), and
-    a full collection runs every FULL_EVERY seconds."""
+    grown by a quarter, holding the capture thread 15-20 ms each time, which at 50k packets/s
+    showed as a p99 latency of 25-75 ms (docs/performance.md). Here: the objects of startup are
+    frozen (never scanned again), the young generations (only objects made since the last tick) are
+    collected from the main loop, and a full collection runs every FULL_EVERY seconds."""
     FULL_EVERY = 600.0
 
     def __init__(self):
@@ -191,6 +189,8 @@ class _GcSchedule:
         else:
             gc.collect(1)
 
+
+# --- workers (capture.workers > 1) -----------------------------------------------------
 
 def _spawn_workers(a, cfg):
     """Workers 1..n-1 as child processes sharing the interfaces through PACKET_FANOUT; each serves its
