@@ -5,6 +5,7 @@ the daemon as a process (tests/daemon_proc.py). Standard library only.
 """
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import urllib.request
@@ -20,8 +21,13 @@ def free_port() -> int:
 
 
 def scrape(url: str, timeout: float = 5.0) -> dict:
-    """{'name{labels}': value} from a Prometheus text page."""
-    text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    """{'name{labels}': value} from a Prometheus text page. ConnectionError (an OSError, which wait
+    loops retry) when what answered is not HTTP: while nothing listens yet on a port from the ephemeral
+    range, a connection to it can meet itself, and the request comes back as the status line."""
+    try:
+        text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    except http.client.HTTPException as e:
+        raise ConnectionError(f"{url}: no HTTP answer ({type(e).__name__}: {e})") from None
     vals = {}
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():

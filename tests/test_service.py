@@ -8,6 +8,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -252,3 +253,23 @@ def test_gc_schedule_still_collects_cycles():
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+def test_scrape_of_a_non_http_answer_is_an_oserror():
+    """A connection to a port nobody listens on yet can meet itself and read its own request back;
+    scrape calls that a ConnectionError, which every wait loop retries, not an HTTP crash."""
+    from tests.daemon_proc import scrape
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def echo():
+        c, _ = srv.accept()
+        c.sendall(c.recv(4096))  # what a self-connected socket reads: the request itself
+        c.close()
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    with pytest.raises(ConnectionError, match="no HTTP answer"):
+        scrape(f"http://127.0.0.1:{srv.getsockname()[1]}/metrics")
+    t.join(5)
+    srv.close()
