@@ -29,3 +29,22 @@ def test_flow_reads_its_client_side_from_the_key():
     key, rev = flow_key(6, B6, 51000, A6, 443)  # the client has the higher address
     f = Flow(0, 1.0, key, rev)
     assert (f.proto, f.src, f.sport, f.dst, f.dport) == (6, B6, 51000, A6, 443)
+
+
+def test_flow_keys_at_once_equal_flow_key():
+    """flow_keys (numpy, many packets) gives flow_key's bytes and direction, IPv4 and IPv6, equal
+    endpoints and ports that differ only in the low byte included."""
+    import numpy as np
+    from daemon.flows import flow_keys
+    rng = np.random.default_rng(7)
+    for a in (4, 16):
+        n = 500
+        src = rng.integers(0, 3, (n, a), dtype=np.uint8)  # few values: many ties decided late in the row
+        dst = rng.integers(0, 3, (n, a), dtype=np.uint8)
+        sport, dport = rng.integers(0, 3, n) * 256 + rng.integers(0, 3, n), rng.integers(0, 3, n) * 257
+        src[:20], sport[:20] = dst[:20], dport[:20]  # the same endpoint both sides
+        proto = rng.choice([6, 17, 1], n)
+        keys, rev = flow_keys(proto, src, sport, dst, dport)
+        for i in range(n):
+            k, r = flow_key(int(proto[i]), src[i].tobytes(), int(sport[i]), dst[i].tobytes(), int(dport[i]))
+            assert (keys[i].tobytes(), bool(rev[i])) == (k, r)

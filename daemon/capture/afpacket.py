@@ -44,6 +44,8 @@ import struct
 import subprocess
 import time
 
+import numpy as np
+
 from .. import metrics as M
 from ..packet import LINKTYPE_ETHERNET, LINKTYPE_RAW
 
@@ -81,6 +83,7 @@ RING_BLOCK = 64 * 1024
 RING_FRAME = 2048            # only for the kernel's bookkeeping: TPACKET_V3 frames are variable-length
 RING_RETIRE_MS = 2
 _HDR = struct.Struct("<IIIIIIH")  # tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac
+_NEXT = struct.Struct("<I")
 _SLL_PKTTYPE = 48 + 10            # sockaddr_ll.sll_pkttype after the 48-byte aligned tpacket3_hdr
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
@@ -149,6 +152,46 @@ def attach_bpf(sock, program):
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it: buf may go
 
 
+class RingBlock:
+    """One ready block of the ring, valid until the source is asked for what follows it: its frames
+    one by one (`frames()`, as iteration gives them) or all at once as arrays (`arrays()`)."""
+    __slots__ = ("linktype", "mm", "view", "ring", "first", "n", "base", "filter_out")
+
+    def __init__(self, linktype, mm, view, ring, first, n, base, filter_out):
+        self.linktype, self.mm, self.view, self.ring = linktype, mm, view, ring  # ring: numpy over the mmap
+        self.first, self.n, self.base, self.filter_out = first, n, base, filter_out
+
+    def frames(self):
+        """(linktype, monotonic ts, frame view) per frame."""
+        mm, view, lt, base, filter_out = self.mm, self.view, self.linktype, self.base, self.filter_out
+        hdr = _HDR.unpack_from
+        p = self.first
+        for _ in range(self.n):
+            nxt, sec, nsec, snap, _len, _st, mac = hdr(mm, p)
+            if not (filter_out and mm[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
+                yield lt, sec + nsec * 1e-9 - base, view[p + mac:p + mac + snap]
+            p += nxt
+
+    def arrays(self):
+        """(start of each frame in `ring`, its captured length, its monotonic arrival time), as arrays.
+        Only the chain of next-frame offsets is walked in Python; the headers are read by numpy."""
+        unpack, mm = _NEXT.unpack_from, self.mm
+        pos, p = [], self.first
+        for _ in range(self.n):
+            pos.append(p)
+            p += unpack(mm, p)[0]
+        at = np.array(pos, np.intp)
+        ring = self.ring
+        # tpacket3_hdr fields are aligned (frames start on 16-byte boundaries): read as u32 / u16
+        u32 = ring[:len(ring) // 4 * 4].view("<u4")
+        sec, nsec, snap = u32[(at >> 2) + 1], u32[(at >> 2) + 2], u32[(at >> 2) + 3]
+        mac = ring[:len(ring) // 2 * 2].view("<u2")[(at >> 1) + 12]
+        if self.filter_out:
+            keep = ring[at + _SLL_PKTTYPE] != PACKET_OUTGOING
+            at, sec, nsec, snap, mac = at[keep], sec[keep], nsec[keep], snap[keep], mac[keep]
+        return at + mac, snap.astype(np.intp), sec + nsec * 1e-9 - self.base
+
+
 class AfPacketSource:
     """Frames from one interface: iterate for (linktype, monotonic ts, frame) or None on idle."""
     live = True
@@ -174,6 +217,7 @@ class AfPacketSource:
         self.rcvbuf = 0
         self._filter_outgoing = False
         self._closed = False
+        self._next_check = 0.0
         self._up = M.CAPTURE_UP.labels(interface)
         self._drops = M.KERNEL_DROPS.labels(interface)
         self._reopens = M.CAPTURE_REOPENS.labels(interface)
@@ -257,11 +301,35 @@ class AfPacketSource:
         log.warning("capture on %s lost (%s); reopening when it is back", self.interface, why)
 
     def __iter__(self):
+        """(linktype, monotonic ts, frame) per frame, or None when idle."""
+        for rec in self._records():
+            if rec.__class__ is RingBlock:
+                yield from rec.frames()
+            else:
+                yield rec
+
+    def blocks(self):
+        """As iteration, but a ring hands over a RingBlock at a time (recv_into still gives frames)."""
+        return self._records()
+
+    def _check(self, now: float) -> bool:
+        """Once a second: read the kernel's counters and see that the interface is still there.
+        False (and the socket closed) when it is not."""
+        if now < self._next_check:
+            return True
+        self._next_check = now + STATS_EVERY
+        self.read_stats()
+        if not self._still_there():
+            self._lost("interface down or gone")
+            return False
+        return True
+
+    def _records(self):
         view, buf = self._view, self._buf
         mono = time.monotonic
-        next_check = mono() + STATS_EVERY
         delay = BACKOFF[0]
         was_open = self.sock is not None
+        self._next_check = mono() + STATS_EVERY
         while not self._closed:
             if self.sock is None:
                 try:
@@ -283,7 +351,7 @@ class AfPacketSource:
                     self._reopens.inc()
                     log.info("capture on %s reopened", self.interface)
                 was_open = True
-                next_check = mono() + STATS_EVERY
+                self._next_check = mono() + STATS_EVERY
             if self._mm is not None:
                 yield from self._blocks()
                 continue
@@ -296,12 +364,7 @@ class AfPacketSource:
                 else:
                     n = sock.recv_into(buf, 0, socket.MSG_TRUNC)
             except socket.timeout:
-                now = mono()
-                if now >= next_check:
-                    next_check = now + STATS_EVERY
-                    self.read_stats()
-                    if not self._still_there():
-                        self._lost("interface down or gone")
+                self._check(mono())
                 yield None
                 continue
             except OSError as e:
@@ -310,35 +373,25 @@ class AfPacketSource:
                 self._lost(os.strerror(e.errno) if e.errno else str(e))
                 continue
             now = mono()
-            if now >= next_check:  # a busy interface never times out: check on the way
-                next_check = now + STATS_EVERY
-                self.read_stats()
-                if not self._still_there():
-                    self._lost("interface down or gone")
-            yield self.linktype, now, view[:min(n, BUFFER)]
+            if self._check(now):  # a busy interface never times out: check on the way
+                yield self.linktype, now, view[:min(n, BUFFER)]
 
     def _blocks(self):
-        """Frames from the ring until the socket is lost or closed: each ready block's frames in order,
-        then the block goes back to the kernel (once the consumer has asked for the frame after its last)."""
+        """Ready ring blocks, a RingBlock each, until the socket is lost or closed; a block goes back to
+        the kernel when the consumer asks for what follows it."""
         mm, sock = self._mm, self.sock
-        view = memoryview(mm)
-        unpack, hdr = struct.unpack_from, _HDR.unpack_from
+        view, ring = memoryview(mm), np.frombuffer(mm, np.uint8)
+        unpack = struct.unpack_from
         lt, filter_out, n_blocks = self.linktype, self._filter_outgoing, len(mm) // RING_BLOCK
         mono, wall = time.monotonic, time.time
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
         wait_ms = int(self.timeout * 1000)
-        next_check = mono() + STATS_EVERY
         i = 0
         while not self._closed and self._mm is mm:
             off = i * RING_BLOCK
-            now = mono()
-            if now >= next_check:  # a busy interface never waits in poll: check on the way
-                next_check = now + STATS_EVERY
-                self.read_stats()
-                if not self._still_there():
-                    self._lost("interface down or gone")
-                    return
+            if not self._check(mono()):  # a busy interface never waits in poll: check on the way
+                return
             if not unpack("I", mm, off + 8)[0] & TP_STATUS_USER:  # block_status
                 events = poller.poll(wait_ms)
                 if not events:
@@ -349,15 +402,9 @@ class AfPacketSource:
                         self._lost(os.strerror(err) if err else "interface down or gone")
                         return
                 continue
-            n, p = unpack("II", mm, off + 12)  # num_pkts, offset_to_first_pkt
-            p += off
+            n, first = unpack("II", mm, off + 12)  # num_pkts, offset_to_first_pkt
             # kernel arrival times are wall-clock: one offset per block turns them monotonic
-            base = wall() - mono()
-            for _ in range(n):
-                nxt, sec, nsec, snap, _len, _st, mac = hdr(mm, p)
-                if not (filter_out and mm[p + _SLL_PKTTYPE] == PACKET_OUTGOING):
-                    yield lt, sec + nsec * 1e-9 - base, view[p + mac:p + mac + snap]
-                p += nxt
+            yield RingBlock(lt, mm, view, ring, off + first, n, wall() - mono(), filter_out)
             struct.pack_into("I", mm, off + 8, 0)  # TP_STATUS_KERNEL: the kernel may fill it again
             i = (i + 1) % n_blocks
 

@@ -29,11 +29,12 @@ pytestmark = pytest.mark.e2e
 RATE = 500  # packets/s: modest, so any drop is a bug rather than overload
 
 
-def start_daemon(tmp_path, a, idle_timeout=2):
+def start_daemon(tmp_path, a, idle_timeout=2, pipeline_extra=""):
     port = free_port()
     cfg = write_config(str(tmp_path / "config.yaml"),
                        f"capture:\n  interfaces: [{a}]\n  ignore_outgoing: true\n"
-                       f"pipeline:\n  idle_timeout: {idle_timeout}\nmetrics:\n  listen: 127.0.0.1:{port}\n")
+                       f"pipeline:\n  idle_timeout: {idle_timeout}\n{pipeline_extra}"
+                       f"metrics:\n  listen: 127.0.0.1:{port}\n")
     d = Daemon(["-c", cfg], port)
     d.wait_ready()
     d.wait_for(lambda v: v.get(f'tc_daemon_capture_up{{interface="{a}"}}') == 1, what="capture up")
@@ -46,7 +47,9 @@ def replay(ns, b, path, rate=RATE):
 
 
 @pytest.mark.parametrize("capture", ["dropbox.pcap", "telegram.pcap"])
-def test_live_metrics_equal_classify(netns, tmp_path, capture):
+@pytest.mark.parametrize("block_frames", [None, 1])
+def test_live_metrics_equal_classify(netns, tmp_path, capture, block_frames):
+    """block_frames 1: every ring block (on x86) is decoded at once by numpy, as big blocks are under load."""
     ns, a, b = netns
     path = local_capture(capture)
     with PcapReader(path) as r:
@@ -54,7 +57,8 @@ def test_live_metrics_equal_classify(netns, tmp_path, capture):
     rows = classify_flows(path)
     expected = per_class(rows)
 
-    d = start_daemon(tmp_path, a, idle_timeout=frames // RATE + 3)
+    d = start_daemon(tmp_path, a, idle_timeout=frames // RATE + 3,
+                     pipeline_extra=f"  block_frames: {block_frames}\n" if block_frames else "")
     try:
         replay(ns, b, path)
         vals = d.wait_for(lambda v: v[f'tc_daemon_captured_packets_total{{interface="{a}"}}'] >= frames
