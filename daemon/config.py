@@ -101,9 +101,9 @@ class Pipeline:
                                   min=0)
     queue_packets: int = opt(4096, "int", "Packets waiting for the model at most; beyond, packets skip the model "
                              "(counted as dropped, reason queue_full) and capture never waits.", min=1)
-    block_frames: int = opt(192, "int", "Flow mode over the capture ring: a ring block of at least this many frames "
+    block_frames: int = opt(128, "int", "Flow mode over the capture ring: a ring block of at least this many frames "
                             "is decoded at once by numpy and counted per flow; smaller ones frame by frame, which "
-                            "is cheaper below it (numpy's cost per call; docs/performance.md). 0: never.", min=0)
+                            "is cheaper there (numpy costs per call: `python -m bench.blocks`). 0: never.", min=0)
     max_flows: int = opt(65536, "int", "Flow table size; the least recently seen flow is evicted beyond it.",
                          min=1)
     idle_timeout: float = opt(120.0, "float", "Seconds without a packet that end a flow.", min=0)
