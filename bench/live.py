@@ -49,10 +49,34 @@ def proc_stats(pid):
     return rss, cpu
 
 
+def start_daemon(config_text: str, port: int):
+    """`tc-daemon run` on a config of that text, once its /metrics answers: (Popen, its temporary directory).
+    RuntimeError with the daemon's last line if it exits first."""
+    tmp = tempfile.mkdtemp(prefix="tc-bench-")
+    cfg = os.path.join(tmp, "config.yaml")
+    with open(cfg, "w") as f:
+        f.write(config_text)
+    exe = shutil.which("tc-daemon") or os.path.join(os.path.dirname(sys.executable), "tc-daemon")
+    daemon = subprocess.Popen([exe, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    for _ in range(100):
+        try:
+            scrape(f"http://127.0.0.1:{port}/metrics")
+            return daemon, tmp
+        except OSError:
+            if daemon.poll() is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise RuntimeError("daemon exited: " + (daemon.stderr.read().strip().splitlines() or ["?"])[-1])
+            time.sleep(0.2)
+    daemon.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise RuntimeError("daemon's /metrics did not answer in 20 s")
+
+
 def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick=False, config_extra="",
-           capture_extra=""):
-    """`config_extra`: YAML sections appended to the daemon's config; `capture_extra`: lines of its capture
-    section, e.g. "  ring: off\n"."""
+           capture_extra="", pipeline_extra=""):
+    """`config_extra`: YAML sections appended to the daemon's config; `capture_extra` and `pipeline_extra`:
+    lines of its capture and pipeline sections, e.g. "  ring: off\n", "  block_frames: 0\n"."""
     if os.geteuid() != 0 or not shutil.which("tcpreplay"):
         print("  live: needs root and tcpreplay; skipped", file=sys.stderr)
         return dict(skipped="needs root and tcpreplay")
@@ -63,27 +87,13 @@ def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick
     ns, a, b = tag + "ns", tag + "a", tag + "b"
     port = free_port()
     steps = []
-    daemon = None
+    daemon = tmp = None
     # a plain link (kernel-default MTU, IPv6 on), as the ladder has always measured on
     with veth_netns(ns, a, b, mtu=None, ipv6=True):
-        tmp = tempfile.mkdtemp(prefix="tc-bench-")
-        cfg = os.path.join(tmp, "config.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"capture:\n  interfaces: [{a}]\n{capture_extra}pipeline:\n  mode: {mode}\nmetrics:\n"
-                    f"  listen: 127.0.0.1:{port}\n" + config_extra)
         try:
-            exe = shutil.which("tc-daemon") or os.path.join(os.path.dirname(sys.executable), "tc-daemon")
-            daemon = subprocess.Popen([exe, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True)
+            daemon, tmp = start_daemon(f"capture:\n  interfaces: [{a}]\n{capture_extra}pipeline:\n  mode: {mode}\n"
+                                       f"{pipeline_extra}metrics:\n  listen: 127.0.0.1:{port}\n" + config_extra, port)
             url = f"http://127.0.0.1:{port}/metrics"
-            for _ in range(100):
-                try:
-                    scrape(url)
-                    break
-                except OSError:
-                    if daemon.poll() is not None:
-                        raise RuntimeError("daemon exited: " + daemon.stderr.read().strip().splitlines()[-1])
-                    time.sleep(0.2)
             for rate in rates:
                 loops = max(1, int(rate * seconds / n_pkts + 0.999))
                 before = scrape(url)
@@ -122,6 +132,7 @@ def ladder(rates=LADDER, seconds=10.0, mode="flow", corpus=DEFAULT_CORPUS, quick
                     daemon.wait(10)
                 except subprocess.TimeoutExpired:
                     daemon.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
     ok = [s["rate"] for s in steps if s["zero_drops"]]
     return dict(mode=mode, captures=len(files), steps=steps, highest_zero_drop_rate=max(ok) if ok else 0)

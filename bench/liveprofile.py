@@ -17,12 +17,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-from bench.live import DEFAULT_CORPUS, ethernet_captures
+from bench.live import DEFAULT_CORPUS, ethernet_captures, start_daemon
 from bench.netns import veth_netns
-from bench.promtext import free_port, scrape
+from bench.promtext import free_port
 
 
 def summarize(raw: str, possible: int, top: int = 15) -> str:
@@ -51,19 +50,8 @@ def main(rate: int, out_path: str, seconds: float = 20.0):
     tag = f"tcp{os.getpid() % 100000}"
     port = free_port()
     with veth_netns(tag + "ns", tag + "a", tag + "b", mtu=None, ipv6=True) as (ns, a, b):
-        tmp = tempfile.mkdtemp(prefix="tc-prof-")
-        cfg = os.path.join(tmp, "config.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"capture:\n  interfaces: [{a}]\nmetrics:\n  listen: 127.0.0.1:{port}\n")
-        exe = os.path.join(os.path.dirname(sys.executable), "tc-daemon")
-        daemon = subprocess.Popen([exe, "run", "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        daemon, tmp = start_daemon(f"capture:\n  interfaces: [{a}]\nmetrics:\n  listen: 127.0.0.1:{port}\n", port)
         try:
-            for _ in range(100):
-                try:
-                    scrape(f"http://127.0.0.1:{port}/metrics")
-                    break
-                except OSError:
-                    time.sleep(0.2)
             loops = max(1, int(rate * seconds / n_pkts + 0.999))
             replay = subprocess.Popen(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", b, f"--pps={rate}",
                                        f"--loop={loops}", "--unique-ip", "--preload-pcap", *files],

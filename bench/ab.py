@@ -1,0 +1,31 @@
+"""Interleaved A/B rounds of the live ladder between two config variants, the JSON kept.
+
+    python -m bench.ab OUT.json RATES ROUNDS NAME=PIPELINE_LINES NAME=PIPELINE_LINES
+    python -m bench.ab docs/bench-blocks-ab.json 50000,100000,200000 2 "at-once=  block_frames: 128" \\
+        "frame-by-frame=  block_frames: 0"
+
+Each round runs every variant once, in turn, so drift of the machine falls on all of them alike.
+"""
+import json
+import sys
+
+from bench.live import ladder
+from bench.machine import describe
+
+
+def main(out, rates, rounds, *variants):
+    rates = tuple(int(r) for r in rates.split(","))
+    named = [v.split("=", 1) for v in variants]
+    runs = []
+    for rnd in range(int(rounds)):
+        for name, lines in named:
+            print(f"== round {rnd + 1} {name}", flush=True)
+            r = ladder(rates, mode="flow", pipeline_extra=lines.replace("\\n", "\n") + "\n")
+            runs.append(dict(round=rnd + 1, variant=name, pipeline_extra=lines, steps=r.get("steps")))
+    with open(out, "w") as f:
+        json.dump(dict(machine=describe(), command="python -m bench.ab " + " ".join(sys.argv[1:]), runs=runs), f,
+                  indent=1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
