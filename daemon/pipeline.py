@@ -251,6 +251,12 @@ class Pipeline:
         one by one. Frames decode_block leaves (VLAN, options, extension headers, ...) go frame by frame
         after the rest. Against _packet frame by frame, only which flow an LRU-full table evicts and a
         timeout falling within the block (a few ms) can differ."""
+        if len(at) >= self.table.max_flows:
+            # a table smaller than the block could evict a flow looked up earlier in it, before its
+            # packets are counted: frame by frame instead (only with a max_flows far below the default)
+            for a, n, t in zip(at.tolist(), caplen.tolist(), ts.tolist()):
+                self._packet(linktype, t, view[a:a + n], t)
+            return
         groups, rest = decode_block(linktype, buf, at, caplen)
         for g in groups:
             self._flows_at_once(g, view, at[g.idx], ts[g.idx])

@@ -266,6 +266,19 @@ def test_frames_at_once_decide_as_frame_by_frame(model):
     assert flows_seen > 300
 
 
+def test_frames_at_once_with_a_table_smaller_than_a_block(model):
+    """A flow table that must evict within a block: nothing is lost or counted twice."""
+    cfg = C.from_dict({"pipeline": {"queue_packets": 100000, "max_flows": 2}})
+    evicted = 0
+    for path in SAMPLE_FILES:
+        p1, f1 = offline(path, model, cfg)
+        p2, f2 = at_once(path, model, cfg)
+        assert p2.tally == p1.tally and len(f2) == len(f1) and p2.table.evicted == p1.table.evicted, path
+        assert not p2._states  # every flow decided and let go
+        evicted += p2.table.evicted
+    assert evicted > 0
+
+
 class Behind:
     """A live source whose frames all arrived long ago (a capture far behind its ring)."""
     name, live, finite = "behind", True, True
