@@ -112,19 +112,30 @@ def test_any_file_opens_or_says_why(blob):
             assert "not a pcap" in str(e)
 
 
+def mangled_ipv4(body, vihl, total, frag):
+    pkt = bytearray(ipv4(tcp(data=body)))
+    pkt[0] = vihl
+    pkt[2:4] = struct.pack("!H", total)
+    pkt[6:8] = struct.pack("!H", frag)
+    return bytes(pkt)
+
+
+IP_PACKETS = st.one_of(
+    st.binary(max_size=120),
+    st.builds(mangled_ipv4, st.binary(max_size=40), st.sampled_from([0x45, 0x46, 0x65, 0x60]),
+              st.integers(0, 200), st.integers(0, 0xFFFF)),
+    st.builds(lambda b, plen, nxt: ipv6(udp(data=b), nxt=nxt, plen=plen),
+              st.binary(max_size=40), st.integers(0, 100), st.integers(0, 255)))
+
+
 @FUZZ
-@given(st.sampled_from([P.LINKTYPE_ETHERNET, P.LINKTYPE_RAW]),
-       st.lists(st.one_of(st.binary(max_size=120),
-                          st.builds(lambda b, t, f, e, v: ether(bytes([v]) + ipv4(tcp(data=b))[1:2] +
-                                                                struct.pack("!H", t) + ipv4(tcp(data=b))[4:6]
-                                                                + struct.pack("!H", f) + ipv4(tcp(data=b))[8:],
-                                                                etype=e),
-                                    st.binary(max_size=40), st.integers(0, 200), st.integers(0, 0xFFFF),
-                                    st.sampled_from([0x0800, 0x86DD, 0x8100]), st.sampled_from([0x45, 0x46, 0x65, 0x60])),
-                          st.builds(lambda b, plen, nxt: ether(ipv6(udp(data=b), nxt=nxt, plen=plen), etype=0x86DD),
-                                    st.binary(max_size=40), st.integers(0, 100), st.integers(0, 255))),
-                min_size=1, max_size=30))
-def test_block_decoder_on_mangled_frames(lt, frames):
-    """decode_block (a ring block at once, numpy) agrees with decode() on random and mangled frames."""
+@given(st.lists(st.tuples(IP_PACKETS, st.sampled_from([0x0800, 0x86DD, 0x8100])), min_size=1, max_size=30),
+       st.booleans())
+def test_block_decoder_on_mangled_frames(packets, raw):
+    """decode_block (a ring block at once, numpy) agrees with decode() on random and mangled frames,
+    behind Ethernet (any EtherType) or on a raw IP link."""
     from tests.test_packet import check_block
-    check_block(lt, frames)
+    if raw:
+        check_block(P.LINKTYPE_RAW, [ip for ip, _ in packets])
+    else:
+        check_block(P.LINKTYPE_ETHERNET, [ether(ip, etype=e) for ip, e in packets])

@@ -12,6 +12,8 @@ keeps):
   block's status and then its frames needs no barrier, which Python cannot
   issue on ARM (there the default is recv_into; capture.ring: on forces it);
 - recv_into one preallocated buffer (SO_RCVBUF sized), one frame per call.
+Iteration gives frames; `blocks()` gives a ring's blocks whole (RingBlock),
+whose frame headers the pipeline can read at once with numpy.
 Options, each a setsockopt:
 - SO_RCVBUFFORCE (CAP_NET_ADMIN) or SO_RCVBUF: a large buffer for bursts;
 - PACKET_STATISTICS: kernel drops, which reset on every read, so they are
@@ -373,8 +375,8 @@ class AfPacketSource:
                 self._lost(os.strerror(e.errno) if e.errno else str(e))
                 continue
             now = mono()
-            if self._check(now):  # a busy interface never times out: check on the way
-                yield self.linktype, now, view[:min(n, BUFFER)]
+            self._check(now)  # a busy interface never times out: check on the way (the frame read counts)
+            yield self.linktype, now, view[:min(n, BUFFER)]
 
     def _blocks(self):
         """Ready ring blocks, a RingBlock each, until the socket is lost or closed; a block goes back to
