@@ -37,6 +37,27 @@ def key_fields(key: bytes):
             int.from_bytes(key[3 + 2 * n:], "big"))
 
 
+def flow_keys(proto, src, sport, dst, dport):
+    """flow_key() for many packets at once: src and dst are (n, 4) or (n, 16) uint8 address rows,
+    the rest arrays. Returns ((n, key length) uint8 rows, each row the bytes of flow_key()'s key; reverse)."""
+    n, a = src.shape
+    ends = np.empty((2, n, a + 2), np.uint8)  # each endpoint as its bytes: address, then port big-endian
+    ends[0, :, :a], ends[1, :, :a] = src, dst
+    for e, port in ((0, sport), (1, dport)):
+        ends[e, :, a], ends[e, :, a + 1] = port >> 8, port & 0xFF
+    # (src, sport) > (dst, dport) compared as bytes: decided by the first byte where they differ
+    diff = ends[0] != ends[1]
+    first = diff.argmax(axis=1)
+    rows = np.arange(n)
+    reverse = diff[rows, first] & (ends[0, rows, first] > ends[1, rows, first])
+    keys = np.empty((n, 1 + 2 * (a + 2)), np.uint8)
+    keys[:, 0] = proto
+    lo = np.where(reverse[:, None], ends[1], ends[0])
+    keys[:, 1:a + 3] = lo
+    keys[:, a + 3:] = np.where(reverse[:, None], ends[0], ends[1])
+    return keys, reverse
+
+
 class Flow:
     """One flow's state. `c2s_reverse` remembers which key side opened it; the endpoints are read from
     the key (one slot, not five: at 50k packets/s the table holds tens of thousands of flows)."""
@@ -137,23 +158,3 @@ class FlowTable:
                 self.on_expire(f)
         return flows
 
-
-def flow_keys(proto, src, sport, dst, dport):
-    """flow_key() for many packets at once: src and dst are (n, 4) or (n, 16) uint8 address rows,
-    the rest arrays. Returns ((n, key length) uint8 rows, each row the bytes of flow_key()'s key; reverse)."""
-    n, a = src.shape
-    ends = np.empty((2, n, a + 2), np.uint8)  # each endpoint as its bytes: address, then port big-endian
-    ends[0, :, :a], ends[1, :, :a] = src, dst
-    for e, port in ((0, sport), (1, dport)):
-        ends[e, :, a], ends[e, :, a + 1] = port >> 8, port & 0xFF
-    # (src, sport) > (dst, dport) compared as bytes: decided by the first byte where they differ
-    diff = ends[0] != ends[1]
-    first = diff.argmax(axis=1)
-    rows = np.arange(n)
-    reverse = diff[rows, first] & (ends[0, rows, first] > ends[1, rows, first])
-    keys = np.empty((n, 1 + 2 * (a + 2)), np.uint8)
-    keys[:, 0] = proto
-    lo = np.where(reverse[:, None], ends[1], ends[0])
-    keys[:, 1:a + 3] = lo
-    keys[:, a + 3:] = np.where(reverse[:, None], ends[0], ends[1])
-    return keys, reverse
