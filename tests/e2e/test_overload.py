@@ -144,7 +144,9 @@ def test_overload_then_calm(netns, tmp_path):
         drops = by_label(vals, "tc_daemon_dropped_packets_total", "reason")
         scored = vals["tc_daemon_batch_size_sum"]
         assert rx <= sent
-        assert rx == captured + kernel, (rx, captured, kernel)
+        # on failure, say whether the capture was reopened (a ring lost with its frames) and what it logged
+        reopens = {k: v for k, v in vals.items() if "reopens" in k}
+        assert rx == captured + kernel, (rx, captured, kernel, reopens, d.log()[-2000:])
         assert captured == total(vals, "tc_daemon_packets_total") + total(vals, "tc_daemon_skipped_packets_total")
         assert drops["queue_full"] > 0 and kernel > 0, (drops, kernel)  # both kinds of overload, both counted
         assert drops["model_error"] == 0 and drops["shutdown"] == 0
