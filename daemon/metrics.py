@@ -93,6 +93,9 @@ SKIPPED = Counter("tc_daemon_skipped_packets", "Frames not classified because th
                   ["reason"], registry=REGISTRY)
 KERNEL_DROPS = Counter("tc_daemon_kernel_drops", "Frames the kernel dropped before the daemon read them "
                        "(PACKET_STATISTICS)", ["interface"], registry=REGISTRY)
+KERNEL_PACKETS = Counter("tc_daemon_kernel_packets", "Frames the kernel handed to the capture socket, its drops "
+                         "included (PACKET_STATISTICS); = captured + kernel drops once the daemon has read what "
+                         "the kernel gave it", ["interface"], registry=REGISTRY)
 CAPTURED = ListCounter("tc_daemon_captured_packets", "Frames read from each capture source", ["interface"])
 FLOW_TABLE = Gauge("tc_daemon_flow_table_entries", "Flows in the flow table", registry=REGISTRY)
 MODEL_INFO = Gauge("tc_daemon_model_info", "The model in use (value 1)",
@@ -134,6 +137,7 @@ def init_model(entry: dict):
 def init_interface(name: str):
     CAPTURED.row(name)
     KERNEL_DROPS.labels(name)
+    KERNEL_PACKETS.labels(name)
     CAPTURE_REOPENS.labels(name)
     CAPTURE_UP.labels(name).set(0)
 

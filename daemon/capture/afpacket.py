@@ -16,8 +16,9 @@ Iteration gives frames; `blocks()` gives a ring's blocks whole (RingBlock),
 whose frame headers the pipeline can read at once with numpy.
 Options, each a setsockopt:
 - SO_RCVBUFFORCE (CAP_NET_ADMIN) or SO_RCVBUF: a large buffer for bursts;
-- PACKET_STATISTICS: kernel drops, which reset on every read, so they are
-  accumulated into tc_daemon_kernel_drops_total;
+- PACKET_STATISTICS: the frames the kernel handed over and its drops, which
+  reset on every read, so they are accumulated into
+  tc_daemon_kernel_packets_total and tc_daemon_kernel_drops_total;
 - PACKET_IGNORE_OUTGOING: skip frames this host sends;
 - PACKET_ADD_MEMBERSHIP/PACKET_MR_PROMISC: promiscuous mode, undone by the
   kernel when the socket closes;
@@ -222,6 +223,7 @@ class AfPacketSource:
         self._next_check = 0.0
         self._up = M.CAPTURE_UP.labels(interface)
         self._drops = M.KERNEL_DROPS.labels(interface)
+        self._kernel_packets = M.KERNEL_PACKETS.labels(interface)
         self._reopens = M.CAPTURE_REOPENS.labels(interface)
 
     def open(self):
@@ -284,6 +286,7 @@ class AfPacketSource:
         except OSError:
             return
         self.kernel_packets += packets
+        self._kernel_packets.inc(packets)
         if drops:
             self.kernel_drops += drops
             self._drops.inc(drops)
