@@ -96,6 +96,12 @@ KERNEL_DROPS = Counter("tc_daemon_kernel_drops", "Frames the kernel dropped befo
 KERNEL_PACKETS = Counter("tc_daemon_kernel_packets", "Frames the kernel handed to the capture socket, its drops "
                          "included (PACKET_STATISTICS); = captured + kernel drops once the daemon has read what "
                          "the kernel gave it", ["interface"], registry=REGISTRY)
+RING_HELD = Counter("tc_daemon_ring_held_frames", "Frames read from a ring block the kernel had not handed over: "
+                    "still open a poll wait after they arrived, or left behind (its retire timer should hand a "
+                    "block over within ms; docs/reliability.md)", ["interface"], registry=REGISTRY)
+RING_LOST = Counter("tc_daemon_ring_lost_blocks", "Ring blocks the kernel reused before the daemon had read "
+                    "them: their frames are lost and counted by the kernel as handed over, not dropped "
+                    "(docs/reliability.md)", ["interface"], registry=REGISTRY)
 CAPTURED = ListCounter("tc_daemon_captured_packets", "Frames read from each capture source", ["interface"])
 FLOW_TABLE = Gauge("tc_daemon_flow_table_entries", "Flows in the flow table", registry=REGISTRY)
 MODEL_INFO = Gauge("tc_daemon_model_info", "The model in use (value 1)",
@@ -138,6 +144,8 @@ def init_interface(name: str):
     CAPTURED.row(name)
     KERNEL_DROPS.labels(name)
     KERNEL_PACKETS.labels(name)
+    RING_HELD.labels(name)
+    RING_LOST.labels(name)
     CAPTURE_REOPENS.labels(name)
     CAPTURE_UP.labels(name).set(0)
 

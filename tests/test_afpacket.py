@@ -190,6 +190,31 @@ def test_ring_block_arrays_agree_with_its_frames(veth, filter_outgoing):
     assert max(sizes) > 1  # several frames per block: the walk along the chain was tested
 
 
+def test_ring_reads_a_block_the_kernel_holds_open(veth):
+    """A block's retire timer that never fires (a 60 s timeout here stands for the Linux 6.18 timer seen
+    to stop after an overload): its frames still reach the reader after a poll wait or two, each exactly
+    once and in order, while the kernel goes on filling the block and hands it over full."""
+    a, b = veth
+    src = A.AfPacketSource(a, ring="on", retire_ms=60000, timeout=0.1)
+    src.open()
+    held = M.RING_HELD.labels(a)
+    held0 = held._value.get()
+    r = Reader(src)
+    tx = sender(b)
+    sent = [frame(i) for i in range(5)]
+    for f in sent:
+        tx.send(f)
+    assert [f for _, f in r.wait(5, timeout=10)] == sent
+    assert held._value.get() - held0 == 5
+    more = [frame(i, "udp" if i % 2 else "tcp") for i in range(5, 1500)]  # fills the block and the next
+    for f in more:
+        tx.send(f)
+    got = r.wait(len(sent + more), timeout=20)
+    r.close()
+    assert [f for _, f in got] == sent + more
+    assert 5 < held._value.get() - held0 < len(sent + more)  # a full block was handed over as usual
+
+
 def test_bpf_program_filters_in_the_kernel(veth, ring):
     a, b = veth
     if shutil.which("tcpdump"):

@@ -10,7 +10,9 @@ keeps):
   so capture-to-decision latency includes the time a frame waited in the
   ring. Used by default on x86, whose loads are not reordered: reading a
   block's status and then its frames needs no barrier, which Python cannot
-  issue on ARM (there the default is recv_into; capture.ring: on forces it);
+  issue on ARM (there the default is recv_into; capture.ring: on forces it).
+  Blocks are read in the kernel's sequence order, which also finds blocks
+  the kernel went past without handing them over (see _blocks);
 - recv_into one preallocated buffer (SO_RCVBUF sized), one frame per call.
 Iteration gives frames; `blocks()` gives a ring's blocks whole (RingBlock),
 whose frame headers the pipeline can read at once with numpy.
@@ -87,6 +89,8 @@ RING_FRAME = 2048            # only for the kernel's bookkeeping: TPACKET_V3 fra
 RING_RETIRE_MS = 2
 _HDR = struct.Struct("<IIIIIIH")  # tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac
 _NEXT = struct.Struct("<I")
+# tpacket_block_desc with tpacket_hdr_v1: block_status, num_pkts, offset_to_first_pkt at 8, seq_num at 24
+_BLOCK = struct.Struct("<8xIII4xQ")
 _SLL_PKTTYPE = 48 + 10            # sockaddr_ll.sll_pkttype after the 48-byte aligned tpacket3_hdr
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
@@ -202,10 +206,12 @@ class AfPacketSource:
 
     def __init__(self, interface: str, promiscuous: bool = False, ignore_outgoing: bool = False,
                  rcvbuf_bytes: int = 4 << 20, bpf=None, fanout_group=None, timeout: float = 0.25,
-                 ring="auto"):
-        """`rcvbuf_bytes`: the socket buffer, or the ring's size. `ring`: "auto" (on x86), "on", "off"."""
+                 ring="auto", retire_ms: int = RING_RETIRE_MS):
+        """`rcvbuf_bytes`: the socket buffer, or the ring's size. `ring`: "auto" (on x86), "on", "off".
+        `retire_ms`: the ring's block timeout (tests set it long to stand for a timer that stopped)."""
         self.name = self.interface = interface
         self.ring = ring == "on" or (ring == "auto" and _X86)
+        self.retire_ms = retire_ms
         self._mm = None  # the mapped ring while open
         self.promiscuous, self.ignore_outgoing = promiscuous, ignore_outgoing
         self.rcvbuf_bytes, self.bpf, self.fanout_group, self.timeout = rcvbuf_bytes, bpf, fanout_group, timeout
@@ -224,6 +230,8 @@ class AfPacketSource:
         self._up = M.CAPTURE_UP.labels(interface)
         self._drops = M.KERNEL_DROPS.labels(interface)
         self._kernel_packets = M.KERNEL_PACKETS.labels(interface)
+        self._held = M.RING_HELD.labels(interface)
+        self._ring_lost = M.RING_LOST.labels(interface)
         self._reopens = M.CAPTURE_REOPENS.labels(interface)
 
     def open(self):
@@ -273,7 +281,7 @@ class AfPacketSource:
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         # tpacket_req3: block_size, block_nr, frame_size, frame_nr, retire_blk_tov, sizeof_priv, feature_req_word
         s.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("7I", RING_BLOCK, blocks, RING_FRAME,
-                                                              RING_BLOCK // RING_FRAME * blocks, RING_RETIRE_MS,
+                                                              RING_BLOCK // RING_FRAME * blocks, self.retire_ms,
                                                               0, 0))
         return mmap.mmap(s.fileno(), RING_BLOCK * blocks, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
@@ -383,35 +391,98 @@ class AfPacketSource:
 
     def _blocks(self):
         """Ready ring blocks, a RingBlock each, until the socket is lost or closed; a block goes back to
-        the kernel when the consumer asks for what follows it."""
+        the kernel when the consumer asks for what follows it.
+
+        Blocks are read in the order of the sequence number the kernel gives each as it opens it (from
+        1, round the ring). Linux 6.18 was seen, after the ring had been full, to go past a block without
+        handing it over (docs/reliability.md), so two cases are looked for whenever the next block is
+        not ready:
+        - a later block is ready: the kernel has left the blocks before it. A skipped block still in
+          place (its number, kernel-owned) is read as it is; one reused already has lost its frames,
+          which the kernel counted as handed over, not dropped (tc_daemon_ring_lost_blocks_total, and a
+          log line). Reading goes on at the oldest ready block;
+        - none is, and a poll wait ended idle: frames that the block being filled already held at the
+          previous idle wait (so written by now) go to the consumer, the rest when it is handed over.
+        Frames read from blocks not handed over are counted in tc_daemon_ring_held_frames_total."""
         mm, sock = self._mm, self.sock
         view, ring = memoryview(mm), np.frombuffer(mm, np.uint8)
-        unpack = struct.unpack_from
+        block, unpack_next = _BLOCK.unpack_from, _NEXT.unpack_from
         lt, filter_out, n_blocks = self.linktype, self._filter_outgoing, len(mm) // RING_BLOCK
         mono, wall = time.monotonic, time.time
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
         wait_ms = int(self.timeout * 1000)
-        i = 0
+
+        def oldest_ready():
+            """(sequence number, index) of the oldest block handed over, or None."""
+            ready = [(b[3], k) for k, b in ((k, block(mm, k * RING_BLOCK)) for k in range(n_blocks))
+                     if b[0] & TP_STATUS_USER]
+            return min(ready) if ready else None
+
+        i, seq = 0, 1   # the next block to read and its sequence number
+        started = False  # a block has been read (the kernel's first number is then known)
+        read = 0        # frames of block i already handed over while the kernel held it open
+        at = 0          # ... and where the next of its frames starts
+        noted = None    # block i's frame count at the last idle wait, if the kernel was filling it
         while not self._closed and self._mm is mm:
             off = i * RING_BLOCK
             if not self._check(mono()):  # a busy interface never waits in poll: check on the way
                 return
-            if not unpack("I", mm, off + 8)[0] & TP_STATUS_USER:  # block_status
+            status, n, first, snum = block(mm, off)
+            if status & TP_STATUS_USER and snum == seq:
+                # kernel arrival times are wall-clock: one offset per block turns them monotonic
+                yield RingBlock(lt, mm, view, ring, at if read else off + first, n - read, wall() - mono(),
+                                filter_out)
+                struct.pack_into("I", mm, off + 8, 0)  # TP_STATUS_KERNEL: the kernel may fill it again
+                i, seq, read, noted, started = (i + 1) % n_blocks, seq + 1, 0, None, True
+                continue
+            events = None
+            if not status & TP_STATUS_USER:
                 events = poller.poll(wait_ms)
-                if not events:
-                    yield None
-                elif events[0][1] & select.POLLERR:  # e.g. ENETDOWN: read (and so clear) it, then look
+                status, n, first, snum = block(mm, off)
+                if status & TP_STATUS_USER and snum == seq:
+                    continue
+                if events and events[0][1] & select.POLLERR:  # e.g. ENETDOWN: read (and so clear) it, then look
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if not self._still_there():
                         self._lost(os.strerror(err) if err else "interface down or gone")
                         return
+            oldest = oldest_ready()
+            if oldest is not None:  # out of sequence: the kernel went past blocks it did not hand over
+                lost = 0
+                while started and seq < oldest[0]:  # each skipped block: still in place, or reused already
+                    status, n, first, snum = block(mm, off)
+                    if snum == seq and not status & TP_STATUS_USER:
+                        if n > read:
+                            yield RingBlock(lt, mm, view, ring, at if read else off + first, n - read,
+                                            wall() - mono(), filter_out)
+                            self._held.inc(n - read)
+                    else:
+                        lost += 1
+                    i, seq, read = (i + 1) % n_blocks, seq + 1, 0
+                    off = i * RING_BLOCK
+                if lost:
+                    self._ring_lost.inc(lost)
+                    log.warning("capture on %s: the kernel reused %d ring block(s) before they were read "
+                                "(their frames are lost; it counted them as handed over)", self.interface, lost)
+                (seq, i), read, noted, started = oldest, 0, None, True
                 continue
-            n, first = unpack("II", mm, off + 12)  # num_pkts, offset_to_first_pkt
-            # kernel arrival times are wall-clock: one offset per block turns them monotonic
-            yield RingBlock(lt, mm, view, ring, off + first, n, wall() - mono(), filter_out)
-            struct.pack_into("I", mm, off + 8, 0)  # TP_STATUS_KERNEL: the kernel may fill it again
-            i = (i + 1) % n_blocks
+            if events:
+                noted = None
+                continue
+            if snum != seq:  # not reopened since we read it: nothing new
+                noted = None
+            elif noted is not None and read < noted <= n:
+                if not read:
+                    at = off + first
+                yield RingBlock(lt, mm, view, ring, at, noted - read, wall() - mono(), filter_out)
+                for _ in range(noted - read):
+                    at += unpack_next(mm, at)[0]
+                self._held.inc(noted - read)
+                read, noted = noted, n
+            else:
+                noted = n
+            yield None
 
     def close(self):
         self._closed = True

@@ -34,6 +34,7 @@ import time
 import pytest
 
 from daemon import config
+from daemon.capture import afpacket as A
 from daemon.features import N_BYTES
 from tests.daemon_proc import local_capture, Daemon, by_label, free_port, run_cli, total, write_config
 from bench.netns import rx_packets, sh
@@ -58,6 +59,9 @@ FIXED_ALLOWANCE = 24 << 20
 BURST_CAPTURES = ("telegram.pcap", "dropbox.pcap", "whatsapp.pcap")
 CALM_CAPTURE = "telegram.pcap"  # 1566 frames
 CALM_RATE = 300
+# the most frames a ring block holds: a block's bytes over the smallest slot (the 48-byte frame header,
+# the link-layer address, a minimum frame, aligned to 16: at least 128 bytes)
+FRAMES_PER_BLOCK = A.RING_BLOCK // 128
 
 
 def largest_model() -> dict:
@@ -149,8 +153,15 @@ def test_overload_then_calm(netns, tmp_path):
         # capture was reopened (a ring lost with its frames) and what the daemon logged
         handed = vals[f'tc_daemon_kernel_packets_total{{interface="{a}"}}']
         reopens = {k: v for k, v in vals.items() if "reopens" in k}
+        held = vals[f'tc_daemon_ring_held_frames_total{{interface="{a}"}}']  # read before the kernel let go
+        lost_blocks = vals[f'tc_daemon_ring_lost_blocks_total{{interface="{a}"}}']
         assert rx == handed, ("kernel side", rx, handed, reopens)
-        assert rx == captured + kernel, ("daemon side", rx, captured, kernel, reopens, d.log()[-2000:])
+        # Linux 6.18 was seen to reuse a ring block before it was read, now and then, after the ring had
+        # been full (docs/reliability.md): the daemon counts such blocks, and their frames, which the kernel
+        # counted as handed over, are then the only frames missing (at most a block's worth each)
+        gap = rx - captured - kernel
+        assert gap == 0 or 0 < gap <= lost_blocks * FRAMES_PER_BLOCK, \
+            ("daemon side", rx, captured, kernel, lost_blocks, held, reopens, d.log()[-2000:])
         assert captured == total(vals, "tc_daemon_packets_total") + total(vals, "tc_daemon_skipped_packets_total")
         assert drops["queue_full"] > 0 and kernel > 0, (drops, kernel)  # both kinds of overload, both counted
         assert drops["model_error"] == 0 and drops["shutdown"] == 0
@@ -158,7 +169,7 @@ def test_overload_then_calm(netns, tmp_path):
         assert 0 < scored and scored + sum(drops.values()) <= captured
         assert sum(by_label(vals, "tc_daemon_flows_total", "class").values()) > MAX_FLOWS  # the table turned over
         print(f"burst: sent {sent}, interface rx {rx}, captured {captured:.0f}, kernel drops {kernel:.0f}, "
-              f"queue drops {drops['queue_full']:.0f}, scored {scored:.0f}; RSS ready {rss_ready / 2**20:.1f} MiB, "
+              f"queue drops {drops['queue_full']:.0f}, scored {scored:.0f}, frames read from held ring blocks {held:.0f}, ring blocks lost {lost_blocks:.0f}; RSS ready {rss_ready / 2**20:.1f} MiB, "
               f"max {rss_max / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB")
 
         # calm again: a modest replay goes through untouched
