@@ -40,15 +40,17 @@ def frames_of(corpus):
     return out
 
 
+def as_block(frames):
+    """Frames laid out as a ring block hands them to the pipeline: one buffer (numpy and memoryview of
+    it), where each frame starts, and each one's length."""
+    buf = b"".join(frames)
+    at = np.cumsum([0] + [len(f) for f in frames[:-1]])
+    return np.frombuffer(buf, np.uint8), memoryview(buf), at, np.array([len(f) for f in frames])
+
+
 def chunks(frames, size):
-    out = []
-    for i in range(0, len(frames), size):
-        part = frames[i:i + size]
-        buf = b"".join(part)
-        at = np.cumsum([0] + [len(f) for f in part[:-1]])
-        out.append((np.frombuffer(buf, np.uint8), memoryview(buf), at, np.array([len(f) for f in part]),
-                    i + np.arange(len(part))))
-    return out
+    return [(*as_block(frames[i:i + size]), i + np.arange(len(frames[i:i + size])))
+            for i in range(0, len(frames), size)]
 
 
 def timed(p, frames, size, base):

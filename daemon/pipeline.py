@@ -211,15 +211,7 @@ class Pipeline:
             if flow.label >= 0:  # decided: the common case at line rate, counted and done
                 self._count(flow.label, d, 1, nbytes)
             else:
-                st = self._states.get(flow.id)
-                if st is None:
-                    st = self._states[flow.id] = _State()
-                if d:
-                    st.pkts1 += 1
-                    st.bytes1 += nbytes
-                else:
-                    st.pkts0 += 1
-                    st.bytes0 += nbytes
+                st = self._pending(flow, 1 - d, d, nbytes - d * nbytes, d * nbytes)
                 if payload and st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap,
                                                                     d, nbytes):
                     st.queued += 1
@@ -287,7 +279,7 @@ class Pipeline:
         per_bytes = np.bincount(inv * 2 + d, nbytes, minlength=2 * m).astype(np.int64).reshape(m, 2).tolist()
         payload = (g.data_off < g.l4_end)[order]
         start = (end - cnt).tolist()
-        states, k, count, enqueue = self._states, self.k, self._count, self._enqueue
+        pending, k, count, enqueue = self._pending, self.k, self._count, self._enqueue
         for j in seq.tolist():
             f = flows[j]
             (p0, p1), (b0, b1) = per[j], per_bytes[j]
@@ -297,13 +289,7 @@ class Pipeline:
                 count(f.label, 0, p0, b0)
                 count(f.label, 1, p1, b1)
                 continue
-            st = states.get(f.id)
-            if st is None:
-                st = states[f.id] = _State()
-            st.pkts0 += p0
-            st.pkts1 += p1
-            st.bytes0 += b0
-            st.bytes1 += b1
+            st = pending(f, p0, p1, b0, b1)
             if st.queued < k:  # its first payload packets, in order, go to the model
                 lo, hi = start[j], start[j] + p0 + p1
                 for i in order[lo:hi][payload[lo:hi]].tolist():
@@ -313,6 +299,18 @@ class Pipeline:
                         st.queued += 1
                         if st.queued >= k:
                             break
+
+    def _pending(self, flow, p0, p1, b0, b1):
+        """An undecided flow's state (made on first use), its packets and bytes per direction added:
+        they are counted under its class once it is decided. Flow mode, frame by frame or at once."""
+        st = self._states.get(flow.id)
+        if st is None:
+            st = self._states[flow.id] = _State()
+        st.pkts0 += p0
+        st.pkts1 += p1
+        st.bytes0 += b0
+        st.bytes1 += b1
+        return st
 
     def _enqueue(self, flow, st, frame, l4_off, l4_end, t_cap, d, nbytes):
         q = self._queue

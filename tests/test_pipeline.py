@@ -218,6 +218,7 @@ def at_once(path, model, cfg, chunk=64):
     """offline(), but frames handed over as a ring block hands them: up to `chunk` of one link type
     and within one second, as one buffer with offsets (Pipeline._frames_at_once)."""
     import numpy as np
+    from bench.blocks import as_block
     flows = []
     p = Pipeline(source=[], model=model, config=cfg, threaded=False, on_flow=flows.append)
     with PcapReader(path) as r:
@@ -228,11 +229,8 @@ def at_once(path, model, cfg, chunk=64):
         while (j < len(recs) and j - i < chunk and recs[j][0] == recs[i][0]
                and recs[j][1] - recs[i][1] < 1.0):
             j += 1
-        frames = [fr for _, _, fr in recs[i:j]]
-        buf = b"".join(frames)
-        at = np.cumsum([0] + [len(f) for f in frames[:-1]])
-        p._frames_at_once(recs[i][0], np.frombuffer(buf, np.uint8), memoryview(buf), at,
-                          np.array([len(f) for f in frames]), np.array([ts for _, ts, _ in recs[i:j]]))
+        buf, view, at, caplen = as_block([fr for _, _, fr in recs[i:j]])
+        p._frames_at_once(recs[i][0], buf, view, at, caplen, np.array([ts for _, ts, _ in recs[i:j]]))
         while len(p._queue) >= p.batch_size:
             p._classify_batch()
         i = j
