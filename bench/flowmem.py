@@ -2,6 +2,7 @@
 
     python -m bench.flowmem 50000 3    # 50,000 flows, 3 payload packets each (decided in flow mode)
     python -m bench.flowmem 50000 1    # 1 payload packet each (undecided until they end)
+    python -m bench.flowmem 50000 0    # 1 packet without payload each (a scan's probes: never queued)
 
 The flow table is what grows with traffic (flows live for their idle timeout),
 so bytes per flow decide the daemon's RSS at high rates (docs/performance.md).
@@ -30,15 +31,15 @@ def main(n_flows: int, per_flow: int):
     gc.collect()
     before = rss()
     for i in range(n_flows):
-        f = frame(i)
-        for _ in range(per_flow):
+        f = frame(i) if per_flow else frame(i, b"")
+        for _ in range(max(per_flow, 1)):
             p._packet(LINKTYPE_ETHERNET, 1.0, f, time.monotonic())
         if len(p._queue) >= p.batch_size:
             p._classify_batch()
     while p._queue:
         p._classify_batch()
     gc.collect()
-    print(f"{n_flows} flows x {per_flow} payload packets: {(rss() - before) / n_flows:.0f} bytes per flow "
+    print(f"{n_flows} flows x {per_flow or 'one packet without'} payload packets: {(rss() - before) / n_flows:.0f} bytes per flow "
           f"({len(p.table)} in the table)")
 
 

@@ -61,7 +61,7 @@ def flow_keys(proto, src, sport, dst, dport):
 class Flow:
     """One flow's state. `c2s_reverse` remembers which key side opened it; the endpoints are read from
     the key (one slot, not five: at 50k packets/s the table holds tens of thousands of flows)."""
-    __slots__ = ("id", "first", "last", "c2s_reverse", "packets", "bytes",
+    __slots__ = ("id", "first", "last", "c2s_reverse", "packets", "bytes", "s2c_packets", "s2c_bytes",
                  "scored", "prob_sum", "label", "confidence", "key")
 
     def __init__(self, fid, ts, key, reverse):
@@ -70,6 +70,8 @@ class Flow:
         self.c2s_reverse = reverse
         self.packets = 0
         self.bytes = 0
+        self.s2c_packets = 0     # of those, server to client (the pipeline counts per direction)
+        self.s2c_bytes = 0
         self.scored = 0          # payload packets the model has seen
         self.prob_sum = None     # running sum of class probabilities
         self.label = -1          # class index once decided, -1 while undecided

@@ -60,15 +60,12 @@ log = logging.getLogger("tc-daemon")
 
 
 class _State:
-    """Per-flow bookkeeping beside flows.Flow: pending counts and queue membership."""
-    # plain int slots, not lists: an undecided flow costs one small object (flows live for their
-    # idle timeout, and at 50k packets/s the table holds tens of thousands of them)
-    __slots__ = ("pkts0", "pkts1", "bytes0", "bytes1", "queued", "inflight", "ended", "last", "last_class",
-                 "last_conf")
+    """Per-flow bookkeeping beside flows.Flow while its packets go to the model: queue membership.
+    Flow mode makes one only at a flow's first payload packet: a flow without payload (a scan's SYN, a
+    bare handshake) costs its Flow alone, and it is counted from the Flow's own per-direction totals."""
+    __slots__ = ("queued", "inflight", "ended", "last", "last_class", "last_conf")
 
     def __init__(self):
-        self.pkts0 = self.pkts1 = 0     # packets per direction not yet counted (flow mode, undecided)
-        self.bytes0 = self.bytes1 = 0
         self.queued = 0         # packets sent to the queue
         self.inflight = 0       # of those, not yet scored
         self.ended = False      # the flow table let go of it while packets were in flight
@@ -205,20 +202,20 @@ class Pipeline:
         d = 0 if c2s else 1
         flow.packets += 1
         flow.bytes += nbytes
+        if d:
+            flow.s2c_packets += 1
+            flow.s2c_bytes += nbytes
         payload = data_off < l4_end  # the dataset's definition of a payload packet
         ref = None
         if not self.packet_mode:
             if flow.label >= 0:  # decided: the common case at line rate, counted and done
                 self._count(flow.label, d, 1, nbytes)
-            else:
-                st = self._pending(flow, 1 - d, d, nbytes - d * nbytes, d * nbytes)
-                if payload and st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap,
-                                                                    d, nbytes):
+            elif payload:  # undecided: counted from the flow's totals once decided
+                st = self._state(flow)
+                if st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes):
                     st.queued += 1
         else:
-            st = self._states.get(flow.id)
-            if st is None:
-                st = self._states[flow.id] = _State()
+            st = self._state(flow)
             e = self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes) if payload else None
             if e is not None:
                 st.last = ref = e
@@ -277,19 +274,25 @@ class Pipeline:
         d = (rev != c2s_rev[inv]).astype(np.intp)  # 0: client to server, as _packet's d
         per = np.bincount(inv * 2 + d, minlength=2 * m).reshape(m, 2).tolist()
         per_bytes = np.bincount(inv * 2 + d, nbytes, minlength=2 * m).astype(np.int64).reshape(m, 2).tolist()
-        payload = (g.data_off < g.l4_end)[order]
+        has_payload = g.data_off < g.l4_end
+        with_payload = np.bincount(inv, has_payload, minlength=m).tolist()
+        payload = has_payload[order]
         start = (end - cnt).tolist()
-        pending, k, count, enqueue = self._pending, self.k, self._count, self._enqueue
+        state, k, count, enqueue = self._state, self.k, self._count, self._enqueue
         for j in seq.tolist():
             f = flows[j]
             (p0, p1), (b0, b1) = per[j], per_bytes[j]
             f.packets += p0 + p1
             f.bytes += b0 + b1
+            f.s2c_packets += p1
+            f.s2c_bytes += b1
             if f.label >= 0:  # decided: the common case at line rate
                 count(f.label, 0, p0, b0)
                 count(f.label, 1, p1, b1)
                 continue
-            st = pending(f, p0, p1, b0, b1)
+            if not with_payload[j]:  # undecided: counted from the flow's totals once decided
+                continue
+            st = state(f)
             if st.queued < k:  # its first payload packets, in order, go to the model
                 lo, hi = start[j], start[j] + p0 + p1
                 for i in order[lo:hi][payload[lo:hi]].tolist():
@@ -300,16 +303,10 @@ class Pipeline:
                         if st.queued >= k:
                             break
 
-    def _pending(self, flow, p0, p1, b0, b1):
-        """An undecided flow's state (made on first use), its packets and bytes per direction added:
-        they are counted under its class once it is decided. Flow mode, frame by frame or at once."""
+    def _state(self, flow):
         st = self._states.get(flow.id)
         if st is None:
             st = self._states[flow.id] = _State()
-        st.pkts0 += p0
-        st.pkts1 += p1
-        st.bytes0 += b0
-        st.bytes1 += b1
         return st
 
     def _enqueue(self, flow, st, frame, l4_off, l4_end, t_cap, d, nbytes):
@@ -416,13 +413,13 @@ class Pipeline:
             c, conf = self.other, 0.0
         flow.label, flow.confidence = c, conf
         flow.prob_sum = None  # decided: only the class and confidence are read from here on
-        if not self.packet_mode:
-            self._count(c, 0, st.pkts0, st.bytes0)
-            self._count(c, 1, st.pkts1, st.bytes1)
+        if not self.packet_mode:  # flow mode counts nothing of an undecided flow until here
+            self._count(c, 0, flow.packets - flow.s2c_packets, flow.bytes - flow.s2c_bytes)
+            self._count(c, 1, flow.s2c_packets, flow.s2c_bytes)
         self._fl[c].inc()
         self._tally[c][4] += 1
         self._states.pop(flow.id, None)
-        if (st.ended or self.packet_mode) and self.on_flow is not None:
+        if (st is None or st.ended or self.packet_mode) and self.on_flow is not None:
             self.on_flow(flow)
 
     def _ended(self, flow):
@@ -432,8 +429,9 @@ class Pipeline:
             if self.on_flow is not None:
                 self.on_flow(flow)
             return
-        if st is None:  # cannot happen: every counted flow has state until decided
-            st = _State()
+        if st is None:  # flow mode, no payload packet: nothing in flight, decided now
+            self._decide(flow, None)
+            return
         st.ended = True
         if st.inflight == 0:
             self._decide(flow, st)
