@@ -419,6 +419,15 @@ class AfPacketSource:
                      if b[0] & TP_STATUS_USER]
             return min(ready) if ready else None
 
+        def copied(off, start, count):
+            """A RingBlock of `count` frames from `start`, over a copy of the block at `off`, which the
+            kernel has not handed over and so may reuse at any time; None if it did while we copied."""
+            copy = bytearray(mm[off:off + RING_BLOCK])
+            if block(mm, off)[3] != seq:  # reopened: its number is written before any frame (x86 TSO)
+                return None
+            return RingBlock(lt, copy, memoryview(copy), np.frombuffer(copy, np.uint8), start - off, count,
+                             wall() - mono(), filter_out)
+
         i, seq = 0, 1   # the next block to read and its sequence number
         started = False  # a block has been read (the kernel's first number is then known)
         read = 0        # frames of block i already handed over while the kernel held it open
@@ -452,13 +461,14 @@ class AfPacketSource:
                 lost = 0
                 while started and seq < oldest[0]:  # each skipped block: still in place, or reused already
                     status, n, first, snum = block(mm, off)
+                    rb = None
                     if snum == seq and not status & TP_STATUS_USER:
-                        if n > read:
-                            yield RingBlock(lt, mm, view, ring, at if read else off + first, n - read,
-                                            wall() - mono(), filter_out)
-                            self._held.inc(n - read)
-                    else:
+                        rb = copied(off, at if read else off + first, n - read)
+                    if rb is None:
                         lost += 1
+                    elif rb.n:
+                        self._held.inc(rb.n)
+                        yield rb
                     i, seq, read = (i + 1) % n_blocks, seq + 1, 0
                     off = i * RING_BLOCK
                 if lost:
@@ -473,13 +483,14 @@ class AfPacketSource:
             if snum != seq:  # not reopened since we read it: nothing new
                 noted = None
             elif noted is not None and read < noted <= n:
-                if not read:
-                    at = off + first
-                yield RingBlock(lt, mm, view, ring, at, noted - read, wall() - mono(), filter_out)
-                for _ in range(noted - read):
-                    at += unpack_next(mm, at)[0]
-                self._held.inc(noted - read)
-                read, noted = noted, n
+                rb = copied(off, at if read else off + first, noted - read)
+                if rb is not None:
+                    at = off + rb.first
+                    for _ in range(rb.n):
+                        at += unpack_next(rb.mm, at - off)[0]
+                    self._held.inc(rb.n)
+                    read, noted = noted, n
+                    yield rb
             else:
                 noted = n
             yield None
