@@ -158,6 +158,17 @@ def test_dashboard_validator():
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
 
 
+def test_validator_knows_every_metric_family():
+    """The validator's list of the daemon's families (it runs without importing the daemon) is the
+    registry's: a new metric is usable in rules and panels, and a dropped one is caught."""
+    from daemon import metrics as M
+    v = load_validator()
+    families = {m.name for m in M.REGISTRY.collect() if m.name.startswith("tc_daemon_")}
+    listed = ({f"tc_daemon_{c}" for c in v.COUNTERS} | {f"tc_daemon_{h}" for h in v.HISTOGRAMS}
+              | {f"tc_daemon_{g}" for g in v.GAUGES})
+    assert listed == families
+
+
 def test_dashboard_exprs_parse_in_promtool(tmp_path):
     """Each panel query, Grafana variables substituted, is valid PromQL."""
     v = load_validator()

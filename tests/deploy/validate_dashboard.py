@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DASHBOARD = ROOT / "deploy/grafana/tc-daemon-dashboard.json"
 DEFAULT_RULES = [ROOT / "deploy/prometheus/recording_rules.yml", ROOT / "deploy/prometheus/alert_rules.yml"]
 
-# The daemon's metric families (daemon/metrics.py); keep in step with it.
-COUNTERS = ["packets", "bytes", "flows", "dropped_packets", "skipped_packets", "kernel_drops",
+# The daemon's metric families (daemon/metrics.py); tests/test_deploy.py holds them equal.
+COUNTERS = ["packets", "bytes", "flows", "dropped_packets", "skipped_packets", "kernel_drops", "kernel_packets",
+            "ring_held_frames", "ring_lost_blocks",
             "captured_packets", "capture_reopens"]
 HISTOGRAMS = ["decision_latency_seconds", "inference_latency_seconds", "batch_size"]
 GAUGES = ["flow_table_entries", "model_info", "build_info", "last_reload_timestamp_seconds",
