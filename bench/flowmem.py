@@ -39,7 +39,8 @@ def main(n_flows: int, per_flow: int):
     while p._queue:
         p._classify_batch()
     gc.collect()
-    print(f"{n_flows} flows x {per_flow or 'one packet without'} payload packets: {(rss() - before) / n_flows:.0f} bytes per flow "
+    what = f"{per_flow} payload packets" if per_flow else "1 packet without payload"
+    print(f"{n_flows} flows x {what}: {(rss() - before) / n_flows:.0f} bytes per flow "
           f"({len(p.table)} in the table)")
 
 
