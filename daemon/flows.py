@@ -70,7 +70,7 @@ class Flow:
         self.c2s_reverse = reverse
         self.packets = 0
         self.bytes = 0
-        self.s2c_packets = 0     # of those, server to client (the pipeline counts per direction)
+        self.s2c_packets = 0     # of those, server to client, while undecided (flow mode counts them then)
         self.s2c_bytes = 0
         self.scored = 0          # payload packets the model has seen
         self.prob_sum = None     # running sum of class probabilities

@@ -202,18 +202,19 @@ class Pipeline:
         d = 0 if c2s else 1
         flow.packets += 1
         flow.bytes += nbytes
-        if d:
-            flow.s2c_packets += 1
-            flow.s2c_bytes += nbytes
         payload = data_off < l4_end  # the dataset's definition of a payload packet
         ref = None
         if not self.packet_mode:
             if flow.label >= 0:  # decided: the common case at line rate, counted and done
                 self._count(flow.label, d, 1, nbytes)
-            elif payload:  # undecided: counted from the flow's totals once decided
-                st = self._state(flow)
-                if st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes):
-                    st.queued += 1
+            else:  # undecided: counted from the flow's totals once decided
+                if d:
+                    flow.s2c_packets += 1
+                    flow.s2c_bytes += nbytes
+                if payload:
+                    st = self._state(flow)
+                    if st.queued < self.k and self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes):
+                        st.queued += 1
         else:
             st = self._state(flow)
             e = self._enqueue(flow, st, frame, l4_off, l4_end, t_cap, d, nbytes) if payload else None
@@ -284,13 +285,13 @@ class Pipeline:
             (p0, p1), (b0, b1) = per[j], per_bytes[j]
             f.packets += p0 + p1
             f.bytes += b0 + b1
-            f.s2c_packets += p1
-            f.s2c_bytes += b1
             if f.label >= 0:  # decided: the common case at line rate
                 count(f.label, 0, p0, b0)
                 count(f.label, 1, p1, b1)
                 continue
-            if not with_payload[j]:  # undecided: counted from the flow's totals once decided
+            f.s2c_packets += p1  # undecided: counted from the flow's totals once decided
+            f.s2c_bytes += b1
+            if not with_payload[j]:
                 continue
             st = state(f)
             if st.queued < k:  # its first payload packets, in order, go to the model
