@@ -40,12 +40,35 @@ def ethernet_captures(corpus, limit=40):
     return [p for _, p in out[:limit]], sum(n for n, _ in out[:limit])
 
 
+def _children(pid):
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out
+
+
 def proc_stats(pid):
+    """(memory bytes, CPU seconds) of the daemon with its child processes (the model process, fanout
+    workers): its RSS plus each child's own pages (USS: what a child shares with the daemon, forked
+    from it, is counted once, in the daemon's RSS), and the CPU time of all of them."""
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = 0.0
+    for i, p in enumerate([pid] + _children(pid)):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if i:
+                with open(f"/proc/{p}/smaps_rollup") as f:
+                    rss += sum(int(l.split()[1]) * 1024 for l in f if l.startswith(("Private_Clean:",
+                                                                                       "Private_Dirty:")))
+        except OSError:  # a child that ended meanwhile
+            pass
     return rss, cpu
 
 
