@@ -81,10 +81,6 @@ class Model:
     min_pps: Optional[float] = opt(None, "float", "Only models measured at this many packets/s or more at batch 1.",
                                    null=True, min=0)
     threads: int = opt(1, "int", "TFLite interpreter threads. 1 leaves the other core to capture.", min=1, max=64)
-    process: bool = opt(False, "bool", "Live capture: run the model in a child process (forked at start, sharing "
-                        "the daemon's pages; a few MiB of its own), so that capture never waits for a model batch "
-                        "and the model has the other core. false: in the capture thread (flow mode) or the "
-                        "classifier thread (packet mode). Takes effect at the next start.")
     reject_threshold: Optional[float] = opt(None, "float", "Confidence under which a flow (or packet) is counted "
                                             "as 'other'; null = the model's calibrated value from the manifest.",
                                             null=True, min=0, max=1)

@@ -41,8 +41,6 @@ many decisions were made on fewer packets, not how many went uncounted.
 from __future__ import annotations
 
 import logging
-import os
-import select
 import threading
 import time
 from collections import deque
@@ -54,7 +52,6 @@ import numpy as np
 
 from . import metrics as M
 from .capture.pcapfile import PcapReader
-from .inference import InferenceProcess, ModelProcessGone
 from .features import N_BYTES, payload_bytes
 from .flows import FlowTable, flow_key, flow_keys
 from .packet import SKIP_REASONS, decode, decode_block
@@ -87,35 +84,6 @@ class _Entry:
         self.cls, self.conf = -1, 0.0
 
 
-class _FdEvent:
-    """threading.Event for a thread that waits in select() on other descriptors too (the model process's
-    answers): set() writes a byte to a pipe."""
-
-    def __init__(self):
-        self.r, self._w = os.pipe()
-        os.set_blocking(self.r, False)
-        os.set_blocking(self._w, False)
-
-    def set(self):
-        try:
-            os.write(self._w, b"!")
-        except (BlockingIOError, OSError):  # full: it is set already; closed: stopped
-            pass
-
-    def clear(self):
-        try:
-            os.read(self.r, 4096)
-        except (BlockingIOError, OSError):
-            pass
-
-    def wait(self, timeout):
-        select.select([self.r], [], [], timeout)
-
-    def close(self):
-        for fd in (self.r, self._w):
-            os.close(fd)
-
-
 class Pipeline:
     def __init__(self, source=None, model=None, config=None, on_flow: Optional[Callable] = None,
                  record: Optional[Callable] = None, threaded: Optional[bool] = None):
@@ -144,12 +112,11 @@ class Pipeline:
         self._configure(pc)
         self._lock = threading.Lock() if self.threaded else nullcontext()
         self._model_lock = threading.Lock()  # held while a batch runs; also by whoever swaps the model
-        self._wake = threading.Event()  # a pipe once live (start): the classifier also waits in select()
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = []
         self._classifier = None
         self._stop_classifier = False
-        self._remote = None  # live, model.process: the child that runs the model (daemon/inference.py)
         self.tally = {}
         self.heartbeat = time.monotonic()
         self.reader_errors = None
@@ -185,10 +152,6 @@ class Pipeline:
 
     def set_model(self, model, pipeline_config=None):
         """Swap in a new model (and pipeline settings) between two batches (SIGHUP reload)."""
-        with self._model_lock:
-            if self._remote is not None:  # its batches are answered by the old model, then it goes
-                self._drain_remote(time.monotonic() + 5.0)
-                self._close_remote("model_error")
         with self._model_lock, self._lock:
             old_names = self.class_names
             self.model = model
@@ -213,8 +176,6 @@ class Pipeline:
                 for st in self._states.values():
                     if st.last_class >= 0:
                         st.last_class = remap[st.last_class]
-            if self._threads and self.config.model.process:
-                self._start_remote()
 
     def class_name(self, index: int) -> Optional[str]:
         return self.class_names[index] if index >= 0 else None
@@ -378,8 +339,6 @@ class Pipeline:
         if not lock.acquire(wait):
             return 0
         try:
-            if self._remote is not None:
-                return self._remote_step()
             q = self._queue
             n = min(len(q), self.batch_size)
             if not n:
@@ -521,9 +480,6 @@ class Pipeline:
     # --- live: threads ------------------------------------------------------------------
 
     def start(self):
-        self._wake = _FdEvent()
-        if self.config.model.process:
-            self._start_remote()
         self._classifier = threading.Thread(target=self._classifier_loop, name="classifier", daemon=True)
         self._classifier.start()
         for src in self.sources:
@@ -572,8 +528,7 @@ class Pipeline:
                 # p99 at 50k packets/s went from 25-30 to 7.5-15 ms: docs/performance.md). Packet mode
                 # keeps the model on the classifier thread, beside capture on the other core: there
                 # the model is most of the work.
-                if inline and ((q and (len(q) >= self.batch_size or mono() - self._opened >= self.batch_timeout))
-                               or (self._remote is not None and self._remote.inflight)):
+                if inline and q and (len(q) >= self.batch_size or mono() - self._opened >= self.batch_timeout):
                     classify(False)
         except Exception as err:  # a capture bug must be loud, once, and not kill the daemon silently
             log.error("capture on %s stopped: %s: %s", src.name, type(err).__name__, err)
@@ -596,23 +551,6 @@ class Pipeline:
         q, wake, mono = self._queue, self._wake, time.monotonic
         while not self._stop_classifier:
             self.heartbeat = mono()
-            r = self._remote
-            if r is not None:
-                # the child runs the model: wake for a new batch, for its answers, at a batch's deadline
-                # (flow mode: a millisecond after, as below), and hand over what is due
-                if not q or not r.free:
-                    rem = 0.5
-                elif len(q) >= self.batch_size:
-                    rem = 0.0
-                else:
-                    rem = self._opened + self.batch_timeout + (0.001 if self._inline else 0.0) - mono()
-                try:
-                    select.select([wake.r, r.fileno()], [], [], max(0.0, rem))
-                except (OSError, ValueError):  # its pipe closed under us: a model swap, or it died
-                    pass
-                wake.clear()
-                self._classify_batch()
-                continue
             if not q:
                 wake.wait(0.5)
                 wake.clear()
@@ -657,10 +595,6 @@ class Pipeline:
         self._wake.set()
         if self._classifier is not None:
             self._classifier.join(timeout=drain_seconds)
-        with self._model_lock:
-            if self._remote is not None:
-                self._drain_remote(deadline)
-                self._close_remote("shutdown")
         while self._queue and time.monotonic() < deadline:
             self._classify_batch()
         if self._queue:
@@ -672,63 +606,9 @@ class Pipeline:
                 self._apply(items, None)
         with self._lock:
             self.table.drain()
-        if isinstance(self._wake, _FdEvent):
-            self._wake.close()
-            self._wake = threading.Event()
 
     def queued(self) -> int:
         return len(self._queue)
-
-    # --- the model in a child process (model.process; live only) ----------------------
-
-    def _start_remote(self):
-        try:
-            self._remote = InferenceProcess(self.model.classifier, self.batch_size)
-        except OSError as e:
-            log.warning("model process: cannot start (%s); the model runs in this process", e.strerror or e)
-            self._remote = None
-
-    def _remote_step(self, drain: bool = False, timeout: float = 0.0) -> int:
-        """Under _model_lock: apply the child's answers, then hand it the batches that are due (with drain,
-        all that is queued). Returns packets handed over. A child gone is logged once, its batches count
-        as model_error drops, and the model runs in this process from then on."""
-        r, q, mono = self._remote, self._queue, time.monotonic
-        handed = 0
-        try:
-            for items, probs, seconds in r.answers(timeout):
-                if probs is None:  # the child logged why
-                    M.DROPPED.labels("model_error").inc(len(items))
-                    self.dropped += len(items)
-                else:
-                    M.INFERENCE_LATENCY.observe(seconds)  # the model's run in the child
-                with self._lock:
-                    self._apply(items, probs)
-            while q and r.free and (drain or len(q) >= self.batch_size or mono() - self._opened >= self.batch_timeout):
-                n = min(len(q), self.batch_size)
-                items = [q.popleft() for _ in range(n)]
-                if q:
-                    self._opened = mono()  # what is left is the next batch, opened now
-                r.submit(lambda out: payload_bytes([e.data for e in items], repeat(0), out=out), n, items)
-                M.BATCH_SIZE.observe(n)
-                handed += n
-        except ModelProcessGone as e:
-            log.error("%s; the model runs in this process from now on", e)
-            self._close_remote("model_error")
-        return handed
-
-    def _drain_remote(self, deadline: float):
-        """Under _model_lock: hand over everything queued and apply the answers, until done or deadline."""
-        while self._remote is not None and (self._queue or self._remote.inflight) and time.monotonic() < deadline:
-            self._remote_step(drain=True, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-
-    def _close_remote(self, reason: str):
-        """Under _model_lock: end the child; batches it did not answer count as dropped for `reason`."""
-        r, self._remote = self._remote, None
-        for items in r.close():
-            M.DROPPED.labels(reason).inc(len(items))
-            self.dropped += len(items)
-            with self._lock:
-                self._apply(items, None)
 
 
 def cli_classify(a):

@@ -290,74 +290,55 @@ class Behind:
             yield lt, 1.0, fr  # monotonic second 1: every frame is overdue on arrival
 
 
-def watch_batches(p, log_path=None):
-    """(process id, thread name, batch size) of every batch the real model runs; with log_path, written
-    there too, a line each, so that batches run in the model process are seen (read_batches)."""
+def watch_batches(p):
+    """(thread name, batch size) of every batch the real model runs."""
     seen, predict = [], p.model.classifier.predict
 
     def observed(x):
-        seen.append((os.getpid(), threading.current_thread().name, len(x)))
-        if log_path:
-            with open(log_path, "a") as f:
-                f.write(f"{os.getpid()} {threading.current_thread().name} {len(x)}\n")
+        seen.append((threading.current_thread().name, len(x)))
         return predict(x)
     p.model = modelmod.LoadedModel(p.model.entry, copy.copy(p.model.classifier), p.model.threshold)
     p.model.classifier.predict = observed
     return seen
 
 
-def read_batches(log_path):
-    with open(log_path) as f:
-        return [(int(pid), name, int(n)) for pid, name, n in (line.split() for line in f)]
-
-
-@pytest.mark.parametrize("process", [False, True], ids=["in-process", "model-process"])
 @pytest.mark.parametrize("mode", ["flow", "packet"])
-def test_who_runs_the_model(model, mode, process, tmp_path):
-    """model.process (the default): every batch runs in the child process, whose main thread is its
-    only thread. Otherwise flow mode: the capture thread runs the batches itself (the classifier thread
-    would wait for the interpreter lock at each step); packet mode: the classifier thread, beside
-    capture. Decisions equal the offline pass in every case."""
-    cfg = C.from_dict({"pipeline": {"mode": mode, "queue_packets": 100000}, "model": {"process": process}})
+def test_who_runs_the_model(model, mode):
+    """Flow mode: the capture thread runs the batches itself (the classifier thread would wait for the
+    interpreter lock at each step); packet mode: the classifier thread, beside capture. Decisions equal
+    the offline pass either way."""
+    cfg = C.from_dict({"pipeline": {"mode": mode, "queue_packets": 100000}})
     path = os.path.join(SAMPLES, "dropbox.pcap")
     p_off, _ = offline(path, model, cfg)
     p = Pipeline(source=[ReplaySource(path, speed=0)], model=model, config=cfg)
-    log_path = str(tmp_path / "batches")
-    watch_batches(p, log_path)
+    seen = watch_batches(p)
     p.start()
-    child = p._remote.pid if process else None
     p._threads[0].join(30)
     end = time.monotonic() + 30
     while p.queued() and time.monotonic() < end:  # left to the threads, not to stop()'s drain
         time.sleep(0.01)
     p.stop()
-    seen = read_batches(log_path)
-    assert seen
-    where = Counter((pid, t) for pid, t, _ in seen)
-    if process:
-        assert set(where) == {(child, "MainThread")}, where
-    elif mode == "flow":
+    threads = Counter(t for t, _ in seen)
+    if mode == "flow":
         # all but what was queued when the capture ended (the classifier thread's backstop)
-        assert set(pid for pid, _ in where) == {os.getpid()}
-        assert where[os.getpid(), "capture-replay"] >= len(seen) - 2, where
+        assert threads["capture-replay"] >= len(seen) - 2, threads
     else:
-        assert set(where) == {(os.getpid(), "classifier")}, where
+        assert set(threads) == {"classifier"}, threads
     assert {c: t for c, t in p.tally.items() if any(t)} == {c: t for c, t in p_off.tally.items() if any(t)}
 
 
-@pytest.mark.parametrize("process", [False, True], ids=["in-process", "model-process"])
-def test_a_capture_behind_still_fills_batches(model, process, tmp_path):
+def test_a_capture_behind_still_fills_batches(model):
     """Frames that arrived long ago are all overdue by their arrival time; a batch's deadline runs from
     when its first packet was queued, so the model still sees full batches, not one packet at a time."""
-    cfg = C.from_dict({"pipeline": {"mode": "packet", "queue_packets": 100000}, "model": {"process": process}})
+    cfg = C.from_dict({"pipeline": {"mode": "packet", "queue_packets": 100000}})
     p = Pipeline(source=[], model=model, config=cfg)
     p.sources = [Behind(os.path.join(SAMPLES, "dropbox.pcap"))]
     p._inline = True  # as in flow mode: the capture thread decides when a batch is due
-    watch_batches(p, str(tmp_path / "batches"))
+    seen = watch_batches(p)
     p.start()
     p._threads[0].join(30)
     p.stop()
-    sizes = [n for _, _, n in read_batches(str(tmp_path / "batches"))]
+    sizes = [n for _, n in seen]
     assert sum(sizes) > 200 and max(sizes) == p.batch_size
     assert sum(sizes) / len(sizes) > 8, sizes
 
