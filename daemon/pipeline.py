@@ -527,9 +527,11 @@ class Pipeline:
                 # waited up to the switch interval (5 ms) for it at each of its steps (over recv_into,
                 # p99 at 50k packets/s went from 25-30 to 7.5-15 ms: docs/performance.md). Packet mode
                 # keeps the model on the classifier thread, beside capture on the other core: there
-                # the model is most of the work.
-                if inline and q and (len(q) >= self.batch_size or mono() - self._opened >= self.batch_timeout):
-                    classify(False)
+                # the model is most of the work. Every due batch runs before the next block: the queue's
+                # packets are older than the ring's (one batch a block left a burst's tail waiting).
+                while inline and q and (len(q) >= self.batch_size or mono() - self._opened >= self.batch_timeout):
+                    if not classify(False):
+                        break
         except Exception as err:  # a capture bug must be loud, once, and not kill the daemon silently
             log.error("capture on %s stopped: %s: %s", src.name, type(err).__name__, err)
             self.capture_failed = True
