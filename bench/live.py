@@ -15,13 +15,13 @@ import sys
 import tempfile
 import time
 
+from bench import from_checkout
 from bench.netns import sh, veth_netns
 from bench.promtext import by_label, free_port, quantile, scrape, total
 from daemon.capture.pcapfile import CaptureError, PcapReader
 
 LADDER = (1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ndpi-pcaps", "pcap"))
+DEFAULT_CORPUS = from_checkout("..", "shared", "data", "ndpi-pcaps", "pcap")
 
 
 def ethernet_captures(corpus, limit=40):

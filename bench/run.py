@@ -25,12 +25,11 @@ from daemon.capture.pcapfile import CaptureError, PcapReader
 from daemon.features import N_BYTES, payload_bytes
 from daemon.packet import decode
 
-from . import machine
+from . import from_checkout, machine
 from . import models as bm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CORPUS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "ndpi-pcaps", "pcap"))
-KERAS_DIR = os.path.join(ROOT, "models", "shipped", "keras")
+DEFAULT_CORPUS = from_checkout("..", "shared", "data", "ndpi-pcaps", "pcap")
+KERAS_DIR = from_checkout("models", "shipped", "keras")
 
 
 def corpus_files(path):
