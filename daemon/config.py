@@ -97,11 +97,8 @@ class Pipeline:
     batch_size: int = opt(64, "int", "Micro-batching: the model runs on up to this many packets at once, or on what "
                           "has waited batch_timeout_ms, whichever comes first.", min=1,
                           max=1024)
-    batch_timeout_ms: Optional[float] = opt(None, "float", "Longest wait (milliseconds) of a packet for its batch "
-                                            "to fill. null = by mode: 3 in flow mode (only a flow's first packets "
-                                            "wait, and the tail of their latency is the target), 5 in packet mode "
-                                            "(the model is most of the work there, and fuller batches cost less). "
-                                            "docs/performance.md has the measurements.", null=True, min=0)
+    batch_timeout_ms: float = opt(5.0, "float", "Longest wait (milliseconds) of a packet for its batch to fill.",
+                                  min=0)
     queue_packets: int = opt(4096, "int", "Packets waiting for the model at most; beyond, packets skip the model "
                              "(counted as dropped, reason queue_full) and capture never waits.", min=1)
     block_frames: int = opt(128, "int", "Flow mode over the capture ring: a ring block of at least this many frames "

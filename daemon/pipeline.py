@@ -133,10 +133,7 @@ class Pipeline:
     def _configure(self, pc):
         self.k = pc.flow_packets
         self.batch_size = pc.batch_size
-        t = pc.batch_timeout_ms
-        if t is None:  # by the mode this pipeline runs in (daemon/config.py says why)
-            t = 5.0 if self.packet_mode else 3.0
-        self.batch_timeout = t / 1000.0
+        self.batch_timeout = pc.batch_timeout_ms / 1000.0
         self.queue_cap = pc.queue_packets
         self.block_frames = pc.block_frames or 1 << 62
         self._x = np.zeros((self.batch_size, N_BYTES), np.uint8)  # reused by every batch

@@ -25,7 +25,7 @@ def keys_of(cls, prefix=""):
 def test_defaults():
     c = C.load(None)
     assert c.capture.backend == "afpacket" and c.pipeline.mode == "flow"
-    assert c.pipeline.batch_size == 64 and c.pipeline.batch_timeout_ms is None  # by mode: test_pipeline
+    assert c.pipeline.batch_size == 64 and c.pipeline.batch_timeout_ms == 5.0
     assert c.pipeline.queue_packets == 4096 and c.pipeline.max_flows == 65536
     assert c.metrics.listen == "127.0.0.1:9105"  # localhost unless the operator says otherwise
     assert c.model.threads == 1 and c.model.reject_threshold is None

@@ -302,15 +302,6 @@ def watch_batches(p):
     return seen
 
 
-def test_batch_timeout_by_mode(model):
-    """null (the default): 3 ms in flow mode, 5 in packet mode; a value set is kept in either."""
-    def timeout(mode, ms=None):
-        pc = {"mode": mode} if ms is None else {"mode": mode, "batch_timeout_ms": ms}
-        return Pipeline(source=[], model=model, config=C.from_dict({"pipeline": pc}), threaded=False).batch_timeout
-    assert (timeout("flow"), timeout("packet")) == (0.003, 0.005)
-    assert (timeout("flow", 7), timeout("packet", 0)) == (0.007, 0.0)
-
-
 @pytest.mark.parametrize("mode", ["flow", "packet"])
 def test_who_runs_the_model(model, mode):
     """Flow mode: the capture thread runs the batches itself (the classifier thread would wait for the
