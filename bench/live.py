@@ -52,9 +52,9 @@ def _children(pid):
 
 
 def proc_stats(pid):
-    """(memory bytes, CPU seconds) of the daemon with its child processes (the model process, fanout
-    workers): its RSS plus each child's own pages (USS: what a child shares with the daemon, forked
-    from it, is counted once, in the daemon's RSS), and the CPU time of all of them."""
+    """(memory bytes, CPU seconds) of the daemon with its child processes (fanout workers): its RSS plus
+    each child's own pages (USS: pages a child shares with the daemon, libraries, count once, in the
+    daemon's RSS), and the CPU time of all of them."""
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
     cpu = 0.0
