@@ -10,3 +10,6 @@ def from_checkout(*parts: str) -> str:
     from the clone), else beside this package (an editable install, or `python -m bench...` in a clone)."""
     here = os.path.normpath(os.path.join(os.getcwd(), *parts))
     return here if os.path.exists(here) else os.path.normpath(os.path.join(_ROOT, *parts))
+
+
+DEFAULT_CORPUS = from_checkout("..", "shared", "data", "ndpi-pcaps", "pcap")  # every bench's captures

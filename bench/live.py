@@ -15,13 +15,12 @@ import sys
 import tempfile
 import time
 
-from bench import from_checkout
+from bench import DEFAULT_CORPUS
 from bench.netns import sh, veth_netns
 from bench.promtext import by_label, free_port, quantile, scrape, total
 from daemon.capture.pcapfile import CaptureError, PcapReader
 
 LADDER = (1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000)
-DEFAULT_CORPUS = from_checkout("..", "shared", "data", "ndpi-pcaps", "pcap")
 
 
 def ethernet_captures(corpus, limit=40):

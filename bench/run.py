@@ -25,10 +25,9 @@ from daemon.capture.pcapfile import CaptureError, PcapReader
 from daemon.features import N_BYTES, payload_bytes
 from daemon.packet import decode
 
-from . import from_checkout, machine
+from . import DEFAULT_CORPUS, from_checkout, machine
 from . import models as bm
 
-DEFAULT_CORPUS = from_checkout("..", "shared", "data", "ndpi-pcaps", "pcap")
 KERAS_DIR = from_checkout("models", "shipped", "keras")
 
 
