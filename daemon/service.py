@@ -194,7 +194,7 @@ def tune_malloc(arenas: int = 2) -> bool:
     """glibc's heap settings for a process whose flow table turns over for months. By default glibc
     raises its mmap threshold to the size of each big block freed, so the flow table's hash table,
     reallocated as flows come and go, ends up on the heap, whose freed holes are not given back:
-    RSS grew 11-14 MiB from the table's filling to 600,000 flows seen (docs/performance.md).
+    RSS grew 11.5 MiB from the table's filling to 600,000 flows seen (`python -m bench.heapchurn --plain`).
     A fixed threshold keeps big blocks in mmap, returned when freed. Fewer arenas: each thread that
     allocates would otherwise get its own, with holes of its own. False where there is no glibc
     (musl on OpenWrt: its allocator has neither setting)."""

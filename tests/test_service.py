@@ -277,38 +277,16 @@ def test_scrape_of_a_non_http_answer_is_an_oserror():
     srv.close()
 
 
-_CHURN = """
-import gc, sys
-from daemon import config, service
-from daemon.packet import LINKTYPE_ETHERNET
-from daemon.pipeline import Pipeline
-from bench.flowmem import frame
-from bench.machine import rss_bytes
-if sys.argv[1] == "tuned":
-    assert service.tune_malloc()
-p = Pipeline(source=[], config=config.Config(), threaded=False)  # the default 65,536 flows
-full = None
-for i in range(600000):  # flows of one bare packet each: the table full from flow 65,536 on, then turning over
-    p._packet(LINKTYPE_ETHERNET, 1.0 + i * 1e-5, frame(i, b""), 0.0)
-    if i == 131072:
-        gc.collect()
-        full = rss_bytes()
-gc.collect()
-assert len(p.table) == 65536
-print(rss_bytes() - full)
-"""
-
-
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's heap settings; musl has neither the behaviour nor the setting")
 def test_a_full_flow_table_turning_over_holds_its_memory():
     """The flow table's memory, once full, stays put while flows come and go (months on a gateway): with
     tune_malloc as the daemon starts, RSS does not grow from 131k flows seen to 600k; without it (the
     control, glibc's default), the table's freed hash tables leave holes on the heap and it grows."""
-    def growth(variant):
-        r = subprocess.run([sys.executable, "-c", _CHURN, variant], capture_output=True, text=True, timeout=300,
-                           cwd=ROOT)
+    def growth(*flags):  # python -m bench.heapchurn: one bare packet per flow through the default table
+        r = subprocess.run([sys.executable, "-m", "bench.heapchurn", "600000", *flags], capture_output=True,
+                           text=True, timeout=300, cwd=ROOT)
         assert r.returncode == 0, r.stderr[-2000:]
         return int(r.stdout.split()[-1])
-    tuned, plain = growth("tuned"), growth("plain")
+    tuned, plain = growth(), growth("--plain")
     assert tuned < 1 << 20, tuned / 2**20
     assert plain > 3 << 20, plain / 2**20  # the control: the settings are what holds it
