@@ -48,28 +48,35 @@ class ListCounter:
     """A counter family kept in plain lists and read at scrape time, for the per-packet paths:
     adding to a list item cost 0.1 us where prometheus_client's Counter, which takes a lock per
     increment, cost 0.9 us (timeit on the 2-core x86 VM of docs/bench.json, loaded), and packets
-    and bytes are counted for every packet. `row(*labels)` is the list to add to: one slot per value of the last label
-    (`slots`, e.g. the directions), or a single slot."""
+    and bytes are counted for every packet. `row(*labels)` is a list of one's own to add to (one
+    slot per value of the last label, `slots`, e.g. the directions, or a single slot); a scrape
+    sums every row of the same labels. So a pipeline's rows are also its own counts (what
+    `classify` prints) without counting each packet twice, and two pipelines never write one row."""
 
     def __init__(self, name, documentation, labelnames, slots=None, registry=REGISTRY):
         self.name, self.documentation, self.labelnames, self.slots = name, documentation, labelnames, slots
-        self._rows = {}
+        self._rows = {}  # label values -> [row, ...]
         registry.register(self)
 
+    def touch(self, *labelvalues):
+        """The series exists (at 0) from now on."""
+        self._rows.setdefault(labelvalues, [])
+
     def row(self, *labelvalues) -> list:
-        r = self._rows.get(labelvalues)
-        if r is None:
-            r = self._rows[labelvalues] = [0] * (len(self.slots) if self.slots else 1)
+        r = [0] * (len(self.slots) if self.slots else 1)
+        self._rows.setdefault(labelvalues, []).append(r)
         return r
 
     def collect(self):
         fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for key, r in list(self._rows.items()):
+        width = len(self.slots) if self.slots else 1
+        for key, rows in list(self._rows.items()):
+            total = [sum(r[i] for r in list(rows)) for i in range(width)]
             if self.slots:
-                for slot, v in zip(self.slots, r):
+                for slot, v in zip(self.slots, total):
                     fam.add_metric([*key, slot], v)
             else:
-                fam.add_metric(list(key), r[0])
+                fam.add_metric(list(key), total[0])
         yield fam
 
     def describe(self):
@@ -81,7 +88,7 @@ PACKETS = ListCounter("tc_daemon_packets", "IP packets by decided class and dire
                       ["class", "direction"], DIRECTIONS)
 BYTES = ListCounter("tc_daemon_bytes", "IP bytes (IP header included, as captured) by class and direction",
                     ["class", "direction"], DIRECTIONS)
-FLOWS = Counter("tc_daemon_flows", "Flows by decided class", ["class"], registry=REGISTRY)
+FLOWS = ListCounter("tc_daemon_flows", "Flows by decided class", ["class"])
 DECISION_LATENCY = Histogram("tc_daemon_decision_latency_seconds", "Capture to class known, for each packet "
                              "that went through the model", buckets=LATENCY_BUCKETS, registry=REGISTRY)
 INFERENCE_LATENCY = Histogram("tc_daemon_inference_latency_seconds", "Feature extraction and model run, per batch",
@@ -129,9 +136,9 @@ def init_model(entry: dict):
     global _model_labels
     classes = list(entry["classes"]) + [OTHER]
     for c in classes:
-        FLOWS.labels(c)
-        PACKETS.row(c)
-        BYTES.row(c)
+        FLOWS.touch(c)
+        PACKETS.touch(c)
+        BYTES.touch(c)
     labels = (str(entry.get("name", "?")), str(entry.get("family", "?")), str(entry.get("params", 0)),
               ",".join(entry["classes"]), str(entry.get("quantization", "?")))
     if _model_labels and _model_labels != labels:
@@ -141,7 +148,7 @@ def init_model(entry: dict):
 
 
 def init_interface(name: str):
-    CAPTURED.row(name)
+    CAPTURED.touch(name)
     KERNEL_DROPS.labels(name)
     KERNEL_PACKETS.labels(name)
     RING_HELD.labels(name)

@@ -117,11 +117,11 @@ class Pipeline:
         self._threads = []
         self._classifier = None
         self._stop_classifier = False
-        self.tally = {}
+        self._counts = {}    # class name -> this pipeline's metric rows (packets, bytes, flows)
         self.heartbeat = time.monotonic()
         self.reader_errors = None
         self.capture_failed = False
-        self.captured = {}   # source name -> frames read (for STATUS=)
+        self._captured = {}  # source name -> this pipeline's captured-frames row
         self.dropped = 0     # packets that skipped the model, all reasons
         self._skip = [M.SKIPPED.labels(r) for r in SKIP_REASONS]
         self._queue_full = M.DROPPED.labels("queue_full")
@@ -144,11 +144,13 @@ class Pipeline:
         self.class_names = names
         self.other = len(names) - 1
         self.threshold = model.threshold
-        self._pk = [M.PACKETS.row(c) for c in names]  # [c2s, s2c] per class, added to in place
-        self._by = [M.BYTES.row(c) for c in names]
-        self._fl = [M.FLOWS.labels(c) for c in names]
-        # the same counts as plain numbers (for `classify`'s summary): packets c2s, s2c, bytes c2s, s2c, flows
-        self._tally = [self.tally.setdefault(c, [0, 0, 0, 0, 0]) for c in names]
+        for c in names:  # a class's rows outlive a model swap that keeps the class
+            if c not in self._counts:
+                self._counts[c] = (M.PACKETS.row(c), M.BYTES.row(c), M.FLOWS.row(c))
+        rows = [self._counts[c] for c in names]
+        self._pk = [r[0] for r in rows]  # [c2s, s2c] per class, added to in place
+        self._by = [r[1] for r in rows]
+        self._fl = [r[2] for r in rows]
 
     def set_model(self, model, pipeline_config=None):
         """Swap in a new model (and pipeline settings) between two batches (SIGHUP reload)."""
@@ -177,6 +179,16 @@ class Pipeline:
                     if st.last_class >= 0:
                         st.last_class = remap[st.last_class]
 
+    @property
+    def tally(self) -> dict:
+        """This pipeline's counts by class name: [packets c2s, s2c, bytes c2s, s2c, flows]."""
+        return {c: [pk[0], pk[1], by[0], by[1], fl[0]] for c, (pk, by, fl) in self._counts.items()}
+
+    @property
+    def captured(self) -> dict:
+        """Frames read by this pipeline, by source name."""
+        return {name: r[0] for name, r in self._captured.items()}
+
     def class_name(self, index: int) -> Optional[str]:
         return self.class_names[index] if index >= 0 else None
 
@@ -186,9 +198,6 @@ class Pipeline:
         if pkts:
             self._pk[c][d] += pkts
             self._by[c][d] += nbytes
-            t = self._tally[c]
-            t[d] += pkts
-            t[2 + d] += nbytes
 
     def _packet(self, linktype, ts, frame, t_cap, index=-1):
         r = decode(linktype, frame)
@@ -417,8 +426,7 @@ class Pipeline:
         if not self.packet_mode:  # flow mode counts nothing of an undecided flow until here
             self._count(c, 0, flow.packets - flow.s2c_packets, flow.bytes - flow.s2c_bytes)
             self._count(c, 1, flow.s2c_packets, flow.s2c_bytes)
-        self._fl[c].inc()
-        self._tally[c][4] += 1
+        self._fl[c][0] += 1
         self._states.pop(flow.id, None)
         if (st is None or st.ended or self.packet_mode) and self.on_flow is not None:
             self.on_flow(flow)
@@ -488,13 +496,14 @@ class Pipeline:
             self._threads.append(t)
 
     def _capture_loop(self, src):
-        captured, counts, name = M.CAPTURED.row(src.name), self.captured, src.name
+        captured = self._captured.get(src.name)
+        if captured is None:  # a reopened source goes on counting in its row
+            captured = self._captured[src.name] = M.CAPTURED.row(src.name)
         packet, lock, stop = self._packet, self._lock, self._stop
         q, mono, classify = self._queue, time.monotonic, self._classify_batch
         inline = self._inline
         # flow mode over a ring: a block at a time (big ones decoded at once, _frames_at_once)
         blocks = getattr(src, "blocks", None) if inline else None
-        n = counts.get(name, 0)
         try:
             for rec in (blocks() if blocks else src):
                 if stop.is_set():
@@ -504,8 +513,6 @@ class Pipeline:
                 elif rec.__class__ is tuple:
                     lt, ts, frame = rec
                     captured[0] += 1
-                    n += 1
-                    counts[name] = n
                     with lock:  # a live source's ts is monotonic: its arrival time, the start of latency
                         packet(lt, ts, frame, ts)
                 else:  # a ring block (RingBlock)
@@ -520,8 +527,6 @@ class Pipeline:
                                 packet(lt, ts, frame, ts)
                                 got += 1
                     captured[0] += got
-                    n += got
-                    counts[name] = n
                 # Flow mode: a batch that is due runs here, in the capture thread. On a busy interface
                 # this thread holds the interpreter lock, and a batch run by the classifier thread
                 # waited up to the switch interval (5 ms) for it at each of its steps (over recv_into,

@@ -191,6 +191,34 @@ def test_flow_decision_rules(model):
     assert sum(t[4] for t in p.tally.values()) == len(flows)
 
 
+def test_metrics_sum_every_pipelines_counts(model):
+    """/metrics counts every pipeline's packets (a scrape sums their rows); each pipeline's tally is its own."""
+    from daemon import metrics as M
+    names = ("tc_daemon_packets_total", "tc_daemon_bytes_total", "tc_daemon_flows_total")
+
+    def scrape():
+        out = Counter()
+        for fam in M.REGISTRY.collect():
+            for smp in fam.samples:
+                if smp.name in names:
+                    out[(smp.name, smp.labels["class"])] += smp.value
+        return out
+
+    before = scrape()
+    p1, _ = offline(DNS, model)
+    p2, _ = offline(SAMPLE_FILES[0] if SAMPLE_FILES[0] != DNS else SAMPLE_FILES[1], model)
+    after = scrape()
+    want = Counter()
+    for p in (p1, p2):
+        for c, t in p.tally.items():
+            want[(names[0], c)] += t[0] + t[1]
+            want[(names[1], c)] += t[2] + t[3]
+            want[(names[2], c)] += t[4]
+    assert sum(want.values()) > 0
+    assert {k: v for k, v in (after - before).items() if v} == {k: v for k, v in want.items() if v}
+    assert sum(t[0] + t[1] for t in p1.tally.values()) == decodable(DNS)[1]  # p2's packets are not p1's
+
+
 def test_reject_threshold_sends_flows_to_other(model):
     strict = modelmod.LoadedModel(model.entry, model.classifier, 1.01)
     p, flows = offline(DNS, strict)
