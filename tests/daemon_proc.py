@@ -12,15 +12,15 @@ from collections import Counter
 
 import pytest
 
+from bench import DEFAULT_CORPUS
 from bench.promtext import by_label, free_port, scrape, total  # noqa: F401 (imported from here by the tests)
 from daemon import config, registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(ROOT, "daemon", "data")
 DATA = os.path.join(ROOT, "tests", "data")
-# the whole shared corpus, for the tests that run all of it: beside the checkout, or TC_CORPUS
-CORPUS = os.environ.get("TC_CORPUS") or os.path.normpath(os.path.join(ROOT, "..", "shared", "data",
-                                                                      "ndpi-pcaps", "pcap"))
+# the whole shared corpus, for the tests that run all of it: the benches' (beside the checkout), or TC_CORPUS
+CORPUS = os.environ.get("TC_CORPUS") or DEFAULT_CORPUS
 EXE = shutil.which("tc-daemon", path=os.path.dirname(sys.executable)) or shutil.which("tc-daemon")
 
 
