@@ -69,9 +69,9 @@ class ListCounter:
 
     def collect(self):
         fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        width = len(self.slots) if self.slots else 1
+        zero = [0] * (len(self.slots) if self.slots else 1)
         for key, rows in list(self._rows.items()):
-            total = [sum(r[i] for r in list(rows)) for i in range(width)]
+            total = [sum(col) for col in zip(*rows)] or zero
             if self.slots:
                 for slot, v in zip(self.slots, total):
                     fam.add_metric([*key, slot], v)

@@ -206,7 +206,7 @@ def test_metrics_sum_every_pipelines_counts(model):
 
     before = scrape()
     p1, _ = offline(DNS, model)
-    p2, _ = offline(SAMPLE_FILES[0] if SAMPLE_FILES[0] != DNS else SAMPLE_FILES[1], model)
+    p2, _ = offline(next(f for f in SAMPLE_FILES if f != DNS), model)
     after = scrape()
     want = Counter()
     for p in (p1, p2):
